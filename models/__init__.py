@@ -1,0 +1,1 @@
+"""Model families (HAR, text, sequence), their checkpoints and the batched jit predictor."""

@@ -1,0 +1,68 @@
+"""Save and load HAR checkpoints, and build their Predictor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from models import checkpoint, har
+from models.predictor import Predictor
+
+
+def save(
+    path: str | Path, arch: str, config: dict[str, Any], params: Any, meta: dict[str, Any]
+) -> Path:
+    """Write a HAR checkpoint; ``meta`` must hold ``classes`` and ``normalization``."""
+    full = {
+        "family": "har",
+        "arch": arch,
+        "arch_config": config,
+        "input_shape": [har.WINDOW, har.AXES],
+        "window": har.WINDOW,
+        "rate_hz": har.RATE_HZ,
+        **meta,
+    }
+    for key in ("classes", "normalization", "name", "version"):
+        if key not in full:
+            raise ValueError(f"HAR checkpoint metadata needs {key!r}")
+    return checkpoint.save(path, params, full)
+
+
+def load(path: str | Path) -> tuple[Any, dict[str, Any], Any]:
+    """Return ``(module, params, meta)``, checking the weights against the architecture."""
+    meta = checkpoint.load_meta(path)
+    if meta["family"] != "har":
+        raise checkpoint.CheckpointError(f"{path} holds a {meta['family']!r} model, not HAR")
+    try:
+        model = har.build(meta["arch"], meta["arch_config"])
+    except (ValueError, TypeError) as exc:
+        raise checkpoint.CheckpointError(f"{path}: {exc}") from None
+    expected = jax.eval_shape(lambda: har.init_params(model))
+    params, meta = checkpoint.load(path, expected)
+    n = len(meta.get("classes", []))
+    if n != getattr(model, "num_classes", n):
+        raise checkpoint.CheckpointError(
+            f"{path}: {n} class names for a {model.num_classes}-class model"
+        )
+    return model, params, meta
+
+
+def predictor_from_checkpoint(path: Path, max_batch: int = 256) -> Predictor:
+    """A compiled HAR predictor: (n, 80, 3) or (n, 240) m/s^2 in, class probabilities out."""
+    model, params, meta = load(path)
+    norm = meta["normalization"]
+    forward = har.make_forward(model, np.asarray(norm["mean"]), np.asarray(norm["std"]))
+    return Predictor(
+        forward,
+        params,
+        item_shape=(har.WINDOW, har.AXES),
+        alt_item_shapes=[(har.WINDOW * har.AXES,)],
+        name=meta["name"],
+        version=meta["version"],
+        labels=meta["classes"],
+        max_batch=max_batch,
+        meta=meta,
+    )

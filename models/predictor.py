@@ -1,0 +1,144 @@
+"""Batched jit inference with pre-compiled power-of-two batch buckets.
+
+The service batches work from many devices into one call. Compiling per exact batch size
+would stall requests on new sizes, so a ``Predictor`` compiles one program per bucket
+(1, 2, 4, ... up to ``max_batch``) at load time and pads each call up to the next bucket.
+The forward pass is ``jax.jit`` of a pure ``(params, x)`` function: measured here, that
+dispatches about 3x faster than ``nnx.jit`` with the module as an argument.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+Forward = Callable[[Any, jax.Array], jax.Array]
+
+
+class InputError(ValueError):
+    """Input to a model has the wrong shape, dtype or non-finite values."""
+
+
+def bucket_sizes(max_batch: int) -> tuple[int, ...]:
+    """Powers of two below ``max_batch``, then ``max_batch`` itself."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    sizes, b = [], 1
+    while b < max_batch:
+        sizes.append(b)
+        b *= 2
+    sizes.append(max_batch)
+    return tuple(sizes)
+
+
+class Predictor:
+    """Owns parameters and a compiled forward pass; ``predict`` maps a batch to outputs.
+
+    ``item_shape`` is the shape of one input (e.g. ``(80, 3)``); ``alt_item_shapes`` are
+    other shapes accepted and reshaped to it (e.g. the flat ``(240,)`` vector phones send).
+    ``item_kind`` is ``"f"`` for real-valued inputs or ``"i"`` for integer token ids.
+    """
+
+    def __init__(
+        self,
+        forward: Forward,
+        params: Any,
+        *,
+        item_shape: Sequence[int],
+        name: str,
+        version: str,
+        labels: Sequence[str] | None = None,
+        item_kind: str = "f",
+        alt_item_shapes: Sequence[Sequence[int]] = (),
+        max_batch: int = 256,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        if item_kind not in ("f", "i"):
+            raise ValueError("item_kind must be 'f' or 'i'")
+        self.name = name
+        self.version = version
+        self.labels = list(labels) if labels is not None else None
+        self.meta = dict(meta or {})
+        self.item_shape = tuple(item_shape)
+        self.alt_item_shapes = [tuple(s) for s in alt_item_shapes]
+        self.item_kind = item_kind
+        self.dtype = np.float32 if item_kind == "f" else np.int32
+        self.buckets = bucket_sizes(max_batch)
+        self.max_batch = max_batch
+        self.params = jax.device_put(params)
+        self._forward = jax.jit(forward)
+        self.compile_seconds: dict[int, float] = {}
+        self._compile_all()
+
+    @property
+    def tag(self) -> str:
+        """``name@version``, as published in every prediction."""
+        return f"{self.name}@{self.version}"
+
+    def _compile_all(self) -> None:
+        """Compile (and run once) every bucket so that no request pays compile time."""
+        for b in self.buckets:
+            start = time.perf_counter()
+            x = np.zeros((b, *self.item_shape), self.dtype)
+            jax.block_until_ready(self._forward(self.params, x))
+            self.compile_seconds[b] = time.perf_counter() - start
+
+    def bucket_for(self, n: int) -> int:
+        """Smallest bucket holding ``n`` items (``n <= max_batch``)."""
+        for b in self.buckets:
+            if b >= n:
+                return b
+        raise ValueError(f"batch of {n} exceeds max_batch {self.max_batch}")
+
+    def validate(self, x: Any) -> np.ndarray:
+        """Return ``x`` as an ``(n, *item_shape)`` array of the model dtype, or raise InputError."""
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "fiu":
+            raise InputError(
+                f"{self.name}: input dtype {arr.dtype} is not numeric; "
+                f"expected {'real numbers' if self.item_kind == 'f' else 'integer token ids'}"
+            )
+        if self.item_kind == "i" and arr.dtype.kind == "f":
+            raise InputError(f"{self.name}: token ids must be integers, got dtype {arr.dtype}")
+        shapes = [self.item_shape, *self.alt_item_shapes]
+        for shape in shapes:
+            if arr.shape == shape:
+                arr = arr[None]
+                break
+            if arr.ndim == len(shape) + 1 and arr.shape[1:] == shape:
+                break
+        else:
+            accepted = " or ".join(f"(n, {', '.join(map(str, s))})" for s in shapes)
+            raise InputError(f"{self.name}: input shape {arr.shape} is wrong; expected {accepted}")
+        if arr.shape[0] == 0:
+            raise InputError(f"{self.name}: empty batch")
+        if arr.dtype.kind == "f":
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                rows = np.unique(np.nonzero(bad)[0])[:5].tolist()
+                raise InputError(
+                    f"{self.name}: input has {int(bad.sum())} NaN/inf value(s) (batch rows {rows})"
+                )
+        return arr.reshape(arr.shape[0], *self.item_shape).astype(self.dtype, copy=False)
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Outputs for a batch of any size (chunked by ``max_batch``, padded to a bucket)."""
+        arr = self.validate(x)
+        return self.predict_valid(arr)
+
+    def predict_valid(self, arr: np.ndarray) -> np.ndarray:
+        """``predict`` without validation, for callers that validated already (the service)."""
+        outs = []
+        for start in range(0, arr.shape[0], self.max_batch):
+            chunk = arr[start : start + self.max_batch]
+            n = chunk.shape[0]
+            b = self.bucket_for(n)
+            if b != n:
+                pad = np.zeros((b - n, *self.item_shape), self.dtype)
+                chunk = np.concatenate([chunk, pad])
+            outs.append(np.asarray(self._forward(self.params, chunk))[:n])
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
