@@ -1,0 +1,117 @@
+"""The text family: Yoon Kim's sentence CNN and the article's simpler convolution stack.
+
+Both take ``(n, max_len)`` int32 token ids (0 = padding, see ``models.text_prep``) and
+return class logits; ``make_forward`` adds the softmax so the served program is one call.
+Padding positions embed to zero vectors, so a message's prediction does not depend on how
+much padding the checkpoint's ``max_len`` adds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from models.text_prep import PAD_ID
+
+
+def _embed(ids: jax.Array, vocab_size: int, dim: int) -> jax.Array:
+    """Embedded ids with padding zeroed: ``(n, L) -> (n, L, dim)``."""
+    x = nn.Embed(vocab_size, dim, name="embed")(ids)
+    return x * (ids != PAD_ID)[..., None].astype(x.dtype)
+
+
+class KimCNN(nn.Module):
+    """Kim (2014): parallel convolutions (widths 3/4/5, 100 maps each), max-over-time, dropout.
+
+    With a vocabulary of V tokens and C classes it has 100 V + 120,300 + 300 C + C parameters
+    (embeddings, the three convolutions, the dense layer).
+    """
+
+    vocab_size: int
+    num_classes: int = 2
+    embed_dim: int = 100
+    widths: Sequence[int] = (3, 4, 5)
+    maps: int = 100
+    dropout: float = 0.5
+
+    @nn.compact
+    def __call__(self, ids: jax.Array, *, train: bool = False) -> jax.Array:
+        x = _embed(ids, self.vocab_size, self.embed_dim)
+        pooled = [
+            jnp.max(nn.relu(nn.Conv(self.maps, (w,), padding="VALID", name=f"conv{w}")(x)), axis=1)
+            for w in self.widths
+        ]
+        x = jnp.concatenate(pooled, axis=-1)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, name="dense")(x)
+
+
+class StackCNN(nn.Module):
+    """The article's stack: 3 x (Conv1D(128, 5) + MaxPool(5)), dense 128, softmax.
+
+    Convolutions and pools use SAME padding and the last pool is over the whole remaining
+    sequence (the article's MaxPool(35) for 1,000-token texts), so short SMS fit.
+    """
+
+    vocab_size: int
+    num_classes: int = 2
+    embed_dim: int = 100
+    filters: int = 128
+    width: int = 5
+    pool: int = 5
+    blocks: int = 3
+    hidden: int = 128
+    dropout: float = 0.5
+
+    @nn.compact
+    def __call__(self, ids: jax.Array, *, train: bool = False) -> jax.Array:
+        x = _embed(ids, self.vocab_size, self.embed_dim)
+        for i in range(self.blocks):
+            x = nn.relu(
+                nn.Conv(self.filters, (self.width,), padding="SAME", name=f"conv{i + 1}")(x)
+            )
+            if i < self.blocks - 1:
+                x = nn.max_pool(x, (self.pool,), strides=(self.pool,), padding="SAME")
+        x = jnp.max(x, axis=1)
+        x = nn.relu(nn.Dense(self.hidden, name="hidden")(x))
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, name="dense")(x)
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"text-cnn": KimCNN, "text-stack": StackCNN}
+CLI_NAMES = {"kim": "text-cnn", "stack": "text-stack"}
+
+
+def build(arch: str, config: dict[str, Any]) -> nn.Module:
+    """Instantiate a text architecture by name with its saved settings."""
+    try:
+        cls = ARCHITECTURES[arch]
+    except KeyError:
+        raise ValueError(
+            f"unknown text architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}"
+        ) from None
+    return cls(**config)
+
+
+def init_params(model: nn.Module, max_len: int, seed: int = 0) -> Any:
+    """Initialise parameters for one message of ``max_len`` ids."""
+    ids = jnp.zeros((1, max_len), jnp.int32)
+    return model.init(jax.random.PRNGKey(seed), ids)["params"]
+
+
+def min_length(model: nn.Module) -> int:
+    """Shortest ``max_len`` the architecture accepts (the widest VALID convolution)."""
+    return max(getattr(model, "widths", (1,)))
+
+
+def make_forward(model: nn.Module):
+    """Pure inference function ``(params, ids) -> class probabilities``."""
+
+    def forward(params: Any, ids: jax.Array) -> jax.Array:
+        return jax.nn.softmax(model.apply({"params": params}, ids), axis=-1)
+
+    return forward
