@@ -1,0 +1,151 @@
+"""Layered configuration: command-line flags > ``HARSTREAM_*`` environment > TOML file > default.
+
+Each option is declared once as an :class:`Option`; the same table builds the argparse
+flags (whose defaults stay ``None`` so that "not given" is visible) and resolves the final
+values, so a flag, its environment variable and its TOML key can never disagree on a name:
+``--max-batch`` is ``HARSTREAM_MAX_BATCH`` and ``max_batch = 64`` in the TOML file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "HARSTREAM_"
+
+
+class ConfigError(ValueError):
+    """An option has an invalid value; the message names where the value came from."""
+
+
+def parse_bool(text: str) -> bool:
+    """``1/true/yes/on`` or ``0/false/no/off`` (any case), as environment variables spell them."""
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (use true/false)")
+
+
+def parse_list(text: str) -> list[str]:
+    """A comma-separated list, e.g. ``har,text``."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flag, type, default and help. ``kind`` is int/float/str/bool/list/path."""
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    metavar: str | None = None
+    choices: Sequence[str] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    def convert(self, value: Any) -> Any:
+        """Turn a text (flag, env) or TOML value into this option's type."""
+        if value is None:
+            return None
+        converters: dict[str, Callable[[Any], Any]] = {
+            "int": int,
+            "float": float,
+            "str": str,
+            "path": Path,
+            "bool": lambda v: v if isinstance(v, bool) else parse_bool(str(v)),
+            "list": lambda v: list(map(str, v)) if isinstance(v, list) else parse_list(str(v)),
+        }
+        if isinstance(value, bool) and self.kind in ("int", "float"):
+            raise ValueError(f"{value!r} is not a number")
+        out = converters[self.kind](value)
+        if self.choices is not None:
+            for item in out if isinstance(out, list) else [out]:
+                if item not in self.choices:
+                    raise ValueError(f"{item!r} is not one of {', '.join(self.choices)}")
+        return out
+
+
+def add_options(parser: argparse._ActionsContainer, options: Sequence[Option]) -> None:
+    """Add one flag per option; the help shows the default and the environment variable."""
+    for opt in options:
+        shown = ",".join(opt.default) if isinstance(opt.default, list) else opt.default
+        help_text = f"{opt.help} (default: {shown}; env {opt.env})"
+        if opt.kind == "bool":
+            parser.add_argument(
+                opt.flag,
+                dest=opt.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                opt.flag,
+                dest=opt.name,
+                default=None,
+                metavar=opt.metavar or opt.name.upper(),
+                help=help_text,
+            )
+
+
+def load_toml(path: str | Path | None) -> dict[str, Any]:
+    """The top-level keys of a TOML file (named like the options), or ``{}`` without a file."""
+    if path is None:
+        return {}
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return data
+
+
+def resolve(
+    options: Sequence[Option],
+    args: argparse.Namespace | Mapping[str, Any] | None,
+    toml: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Final values for ``options``: flags, then environment, then TOML, then defaults."""
+    given = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+    env = os.environ if env is None else env
+    toml = toml or {}
+    values: dict[str, Any] = {}
+    for opt in options:
+        for source, raw in (
+            (opt.flag, given.get(opt.name)),
+            (opt.env, env.get(opt.env)),
+            (f"{opt.name} in the config file", toml.get(opt.name)),
+        ):
+            if raw is None:
+                continue
+            try:
+                values[opt.name] = opt.convert(raw)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{source}: {exc}") from None
+            break
+        else:
+            values[opt.name] = opt.default
+    return values
+
+
+def unknown_keys(toml: Mapping[str, Any], options: Sequence[Option]) -> list[str]:
+    """TOML keys that no option uses (likely typos)."""
+    names = {opt.name for opt in options}
+    return sorted(k for k in toml if k not in names)

@@ -1,0 +1,151 @@
+"""The generic route: how a model family plugs into the service without copying the engine.
+
+A route is the tuple the issue names: (topic pattern, decoder, per-id buffer, model,
+encoder). The service subscribes to ``<prefix>/+/<suffix>`` for every route and, for each
+message, does only cheap work on the MQTT thread::
+
+    payload --decode--> value --buffer.push--> sink.emit(x, info, received)
+                                                   |
+               ready queue (bounded) <-------------+
+                    |
+    inference worker: stack many ids' x -> predictor.predict_valid -> encode -> publish
+
+Contract for the pieces (all run on the MQTT network thread except ``encode``):
+
+- ``decode(payload, content_type) -> value`` turns the raw bytes into whatever the
+  buffer accepts, or raises :class:`PayloadError` naming what is wrong. It must never
+  raise anything else for bad bytes; the service reports the error on
+  ``<prefix>/<id>/errors`` and counts it by ``PayloadError.kind``.
+- ``new_buffer(id, sink) -> Buffer`` is called once per id (ids are evicted after an idle
+  TTL and re-created on their next message). ``Buffer.push(value, wall, mono)`` is called
+  per message with the receive time as unix seconds (``wall``) and ``time.perf_counter()``
+  (``mono``, for latency); it returns how many samples/items it accepted and calls
+  ``sink.emit(x, info, mono)`` for each model input that became ready (``x`` an array of
+  the predictor's ``item_shape``, owned by the engine afterwards; ``info`` anything the
+  encoder needs, e.g. window times and a sequence number) and ``sink.drop(reason, n)`` for
+  input it dropped on purpose (out-of-order, duplicate, ...). It may raise PayloadError too.
+- ``predictor`` is a :class:`models.predictor.Predictor` (bucketed jit, pre-compiled).
+- ``encode(id, info, probs, predictor, latency_ms) -> bytes`` builds the output payload
+  from one row of the predictor's output; it runs on the inference worker thread.
+
+A family adds a module ``stream/<family>_route.py`` with ``build(config, predictor=None) ->
+Route`` and an entry in :data:`ROUTE_BUILDERS`; ``harstream serve --families`` then serves
+it with the same batching engine, metrics, error reporting and lifecycle.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from models.predictor import Predictor
+
+# family -> "module:function" of its route builder. A module that does not exist (yet) makes
+# the family unavailable: skipped under the default ``--families``, an error when asked for.
+ROUTE_BUILDERS: dict[str, str] = {
+    "har": "stream.har_route:build",
+    "text": "stream.text_route:build",
+    "series": "stream.series_route:build",
+}
+
+
+class PayloadError(ValueError):
+    """Bad input from a device; ``kind`` is a short stable name used in errors and metrics."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class RouteUnavailable(RuntimeError):
+    """A family's route module or shipped model is not available in this installation."""
+
+
+class Sink(Protocol):
+    """Where a buffer hands over ready model inputs and reports deliberate drops."""
+
+    def emit(self, x: np.ndarray, info: Any, received: float) -> None: ...
+
+    def drop(self, reason: str, n: int = 1) -> None: ...
+
+
+class Buffer(Protocol):
+    """Per-id state between messages (a ring buffer, the last k values, or nothing)."""
+
+    def push(self, value: Any, wall: float, mono: float) -> int: ...
+
+
+Decoder = Callable[[bytes, "str | None"], Any]
+BufferFactory = Callable[[str, Sink], Buffer]
+Encoder = Callable[[str, Any, np.ndarray, "Predictor", float], bytes]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One model family on the bus: ``<prefix>/+/<suffix>`` in, ``<prefix>/<id>/<out_suffix>`` out.
+
+    ``family`` names it in logs, metrics labels and the status message.
+    """
+
+    family: str
+    suffix: str
+    out_suffix: str
+    decode: Decoder
+    new_buffer: BufferFactory
+    predictor: Predictor
+    encode: Encoder
+
+
+def load_family_predictor(family: str, path: Any, max_batch: int) -> Predictor:
+    """The family's predictor from ``path``, or its shipped model when ``path`` is None.
+
+    A missing shipped model raises :class:`RouteUnavailable` (the family is skipped under
+    the default ``--families``); a bad explicit ``path`` raises ``CheckpointError``.
+    """
+    from models.checkpoint import CheckpointError
+    from models.registry import default_checkpoint, load_predictor
+
+    if path is None:
+        try:
+            path = default_checkpoint(family)
+        except CheckpointError as exc:
+            raise RouteUnavailable(str(exc)) from None
+    return load_predictor(path, family=family, max_batch=max_batch)
+
+
+def available_families() -> list[str]:
+    """Families whose route module is importable in this installation."""
+    return [f for f in ROUTE_BUILDERS if _builder_module(f) is not None]
+
+
+def _builder_module(family: str) -> Any | None:
+    module_name = ROUTE_BUILDERS[family].partition(":")[0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        return None
+
+
+def build_route(family: str, config: Any, predictor: Predictor | None = None) -> Route:
+    """Build ``family``'s route from the service config (loading its model unless given).
+
+    Raises :class:`RouteUnavailable` when the family's route module or its model is missing.
+    """
+    if family not in ROUTE_BUILDERS:
+        raise ValueError(f"unknown family {family!r}; expected one of {sorted(ROUTE_BUILDERS)}")
+    module = _builder_module(family)
+    if module is None:
+        raise RouteUnavailable(
+            f"the {family!r} family is not available in this installation "
+            f"(no module {ROUTE_BUILDERS[family].partition(':')[0]})"
+        )
+    builder = getattr(module, ROUTE_BUILDERS[family].partition(":")[2])
+    return builder(config, predictor)
