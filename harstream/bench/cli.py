@@ -1,0 +1,139 @@
+"""``harstream bench model|e2e|train``: the benchmark commands.
+
+Arguments only; the measuring modules (and JAX, PyTorch, paho) are imported when a
+benchmark runs, so that ``harstream --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+FAMILY_CHOICES = ("har-cnn", "har-lstm", "text", "series", "all")
+
+
+def register(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """Add ``bench`` and its ``model``, ``e2e`` and ``train`` subcommands."""
+    bench = groups[""].add_parser(
+        "bench",
+        help="measure latency and throughput, beside the alternatives",
+        description=(
+            "Measure model latency (beside PyTorch and ONNX Runtime), end-to-end latency and "
+            "capacity over MQTT, and training speed. Peers need the optional extra: "
+            "pip install -e '.[bench]'."
+        ),
+    )
+    sub = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
+    _register_model(sub)
+
+
+def _register_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "model",
+        help="per-call latency and items/s per family and batch size, with peers",
+        description=(
+            "Time the jit-compiled predictor of each family per batch size (p50/p99 per call "
+            "after warm-up, results brought back to host memory, items/s), and, for the HAR "
+            "models, the same network with the same weights in PyTorch eager and ONNX Runtime "
+            "(CPU) in the same run, after checking that their outputs match. Also reports "
+            "model load time and compile time per batch bucket."
+        ),
+    )
+    p.add_argument(
+        "--family",
+        choices=FAMILY_CHOICES,
+        default="all",
+        help="model family to measure; 'all' skips families whose model is not shipped "
+        "(default: all)",
+    )
+    p.add_argument(
+        "--batches",
+        type=_int_list,
+        default=(1, 8, 64, 256),
+        help="comma-separated batch sizes (default: 1,8,64,256)",
+    )
+    p.add_argument(
+        "--seconds",
+        type=_positive_float,
+        default=4.0,
+        help="timing budget per family and batch size, shared by all runtimes (default: 4)",
+    )
+    p.add_argument(
+        "--min-calls", type=int, default=30, help="timed calls per runtime at least (default: 30)"
+    )
+    p.add_argument(
+        "--peer-threads",
+        type=_int_list,
+        default=None,
+        help="thread counts to time each peer at (default: 1 and the number of cores)",
+    )
+    p.add_argument("--no-peers", action="store_true", help="time harstream only")
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the report as JSON to OUT")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="draw latency CDFs to PNG")
+    p.set_defaults(func=_run_model)
+
+
+def _run_model(args: argparse.Namespace) -> int:
+    from harstream.bench import model_bench
+    from harstream.bench.peers import PeerMismatchError
+
+    families = model_bench.FAMILIES if args.family == "all" else (args.family,)
+    config = model_bench.ModelBenchConfig(
+        families=families,
+        batches=args.batches,
+        seconds=args.seconds,
+        min_calls=args.min_calls,
+        runtimes=() if args.no_peers else model_bench.peers_mod.RUNTIMES,
+    )
+    if args.peer_threads:
+        config.peer_threads = args.peer_threads
+    try:
+        run = model_bench.run(config, log=_progress)
+    except PeerMismatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(model_bench.format_report(run.report))
+    _write_json(args.json, run.report)
+    if args.plot:
+        from harstream.bench import plots
+
+        plots.latency_cdf(run.timings, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _write_json(path: Path | None, report: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value

@@ -1,0 +1,239 @@
+"""``harstream bench model``: per-call latency and throughput of each model family and its peers.
+
+For each family the jit-compiled ``Predictor`` (exactly what the service calls) is timed
+per batch size; for the HAR architectures the same network with the same weights runs
+in PyTorch eager and ONNX Runtime in the same run, after an agreement check, timed in
+interleaved rounds with the JAX predictor so that outside load hits all of them alike.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harstream.bench import peers as peers_mod
+from harstream.bench.timing import Timing, time_interleaved
+
+BATCHES = (1, 8, 64, 256)
+FAMILIES = ("har-cnn", "har-lstm", "text", "series")
+RANDOM_HAR_META = {
+    "classes": ["Walking", "Jogging", "Stairs", "Sitting", "Standing", "Kicking"],
+    "normalization": {"mean": [0.0, 0.0, 0.0], "std": [4.0, 4.0, 4.0]},
+    "version": "random-weights",
+}
+
+
+@dataclass
+class ModelBenchConfig:
+    """What to measure; ``seconds`` is the timing budget per family and batch size."""
+
+    families: tuple[str, ...] = ("har-cnn", "har-lstm")
+    batches: tuple[int, ...] = BATCHES
+    seconds: float = 4.0
+    min_calls: int = 30
+    warmup: int = 5
+    rounds: int = 4
+    peer_threads: tuple[int, ...] = field(default_factory=lambda: default_peer_threads())
+    runtimes: tuple[str, ...] = peers_mod.RUNTIMES
+    seed: int = 0
+
+
+@dataclass
+class ModelBenchRun:
+    """The JSON report plus the raw per-call timings (for the CDF plot)."""
+
+    report: dict[str, Any]
+    timings: dict[tuple[str, str, int], Timing]
+
+
+def default_peer_threads() -> tuple[int, ...]:
+    """1 thread and all cores: on a shared machine, multi-threaded peers can collapse when
+    another process holds a core, so each peer is timed at both and neither is favoured."""
+    cores = os.cpu_count() or 1
+    return (1,) if cores == 1 else (1, cores)
+
+
+def load_family(family: str, max_batch: int, workdir: Path) -> tuple[Any, str, float]:
+    """``(predictor, weights, seconds to load and compile)`` for a family name.
+
+    ``har-cnn`` uses the shipped model when present; ``har-lstm`` has no shipped model and
+    gets random weights (per-call time does not depend on the weight values). ``text`` and
+    ``series`` use their shipped models and raise ``LookupError`` when those are absent.
+    """
+    from models.checkpoint import CheckpointError
+    from models.registry import default_checkpoint, load_predictor
+
+    registry_family = {"har-cnn": "har", "text": "text", "series": "series"}.get(family)
+    if registry_family is not None:
+        try:
+            path = default_checkpoint(registry_family)
+            weights = "shipped"
+        except CheckpointError as exc:
+            if family != "har-cnn":
+                raise LookupError(str(exc)) from None
+            path, weights = None, "random"
+    elif family == "har-lstm":
+        path, weights = None, "random"
+    else:
+        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    if path is None:
+        path = random_har_checkpoint(family, workdir / family)
+    start = time.perf_counter()
+    try:
+        predictor = load_predictor(path, max_batch=max_batch)
+    except ModuleNotFoundError as exc:
+        raise LookupError(f"the {family} family is not available here ({exc})") from None
+    return predictor, weights, time.perf_counter() - start
+
+
+def random_har_checkpoint(arch: str, path: Path, seed: int = 1) -> Path:
+    """A HAR checkpoint with random weights, written through the normal checkpoint code."""
+    from models import har, har_checkpoint
+
+    model = har.build(arch, {"num_classes": 6})
+    meta = {**RANDOM_HAR_META, "name": arch}
+    return har_checkpoint.save(
+        path, arch, {"num_classes": 6}, har.init_params(model, seed=seed), meta
+    )
+
+
+def sample_input(predictor: Any, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """A batch of plausible inputs: m/s^2-scale readings, or token ids within the vocabulary."""
+    shape = (batch, *predictor.item_shape)
+    if predictor.item_kind == "i":
+        vocab = int(predictor.meta.get("arch_config", {}).get("vocab_size", 1))
+        return rng.integers(0, vocab, size=shape, dtype=np.int32)
+    return rng.normal(0.0, 4.0, size=shape).astype(np.float32)
+
+
+def run(config: ModelBenchConfig, log=print) -> ModelBenchRun:
+    """Measure every family of ``config``; peers that are not installed are skipped."""
+    rng = np.random.default_rng(config.seed)
+    results: list[dict[str, Any]] = []
+    models: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    timings: dict[tuple[str, str, int], Timing] = {}
+    for runtime, why in peers_mod.missing_runtimes(config.runtimes).items():
+        skipped[runtime] = why
+    with tempfile.TemporaryDirectory(prefix="harstream-bench-") as tmp:
+        for family in config.families:
+            log(f"{family}: loading and compiling buckets up to {max(config.batches)} ...")
+            try:
+                predictor, weights, ready_s = load_family(family, max(config.batches), Path(tmp))
+            except LookupError as exc:
+                skipped[family] = str(exc)
+                log(f"{family}: skipped ({exc})")
+                continue
+            compile_s = sum(predictor.compile_seconds.values())
+            models.append(
+                {
+                    "family": family,
+                    "model": predictor.tag,
+                    "weights": weights,
+                    "load_s": round(ready_s - compile_s, 4),
+                    "compile_s": {
+                        str(b): round(s, 4) for b, s in predictor.compile_seconds.items()
+                    },
+                    "ready_s": round(ready_s, 4),
+                }
+            )
+            family_peers: list[peers_mod.Peer] = []
+            if predictor.meta.get("arch") in peers_mod.PEER_ARCHS:
+                family_peers = peers_mod.build_peers(
+                    predictor, config.peer_threads, config.runtimes
+                )
+                diffs = peers_mod.check_peers(predictor, family_peers, config.seed)
+                models[-1]["peer_max_abs_diff"] = {k: float(f"{v:.3g}") for k, v in diffs.items()}
+                worst = max(diffs.values(), default=0.0)
+                log(f"{family}: peers agree with harstream (max abs diff {worst:.2g})")
+            for batch in config.batches:
+                x = sample_input(predictor, batch, rng)
+                calls = {"jax": predictor.predict_valid}
+                calls.update({p.key: p.call for p in family_peers})
+                before = {p.key: p.before for p in family_peers if p.before is not None}
+                measured = time_interleaved(
+                    calls,
+                    x,
+                    seconds=config.seconds,
+                    min_calls=config.min_calls,
+                    warmup=config.warmup,
+                    rounds=config.rounds,
+                    before=before,
+                )
+                rows = _rows(family, batch, measured, family_peers)
+                results += rows
+                for key, timing in measured.items():
+                    timings[(family, key, batch)] = timing
+                log(_format_rows(rows))
+    report = {
+        "results": results,
+        "models": models,
+        "skipped": skipped,
+        "settings": _settings(config),
+    }
+    return ModelBenchRun(report=report, timings=timings)
+
+
+def _rows(
+    family: str, batch: int, measured: dict[str, Timing], peers: list[peers_mod.Peer]
+) -> list[dict[str, Any]]:
+    jax_row = {"family": family, "runtime": "jax", "batch": batch, "threads": "xla-default"}
+    jax_row.update(measured["jax"].summary())
+    rows = [jax_row]
+    for peer in peers:
+        row = {"family": family, "runtime": peer.runtime, "batch": batch, "threads": peer.threads}
+        row.update(measured[peer.key].summary())
+        row["p50_ratio_vs_jax"] = round(row["p50_ms"] / jax_row["p50_ms"], 3)
+        rows.append(row)
+    return rows
+
+
+def _settings(config: ModelBenchConfig) -> dict[str, Any]:
+    import jax
+
+    versions = {"jax": jax.__version__, "numpy": np.__version__}
+    for name in ("torch", "onnxruntime"):
+        if name not in peers_mod.missing_runtimes((name,)):
+            versions[name] = __import__(name).__version__
+    return {
+        "batches": list(config.batches),
+        "seconds_per_batch": config.seconds,
+        "min_calls": config.min_calls,
+        "warmup_calls": config.warmup,
+        "interleaved_rounds": config.rounds,
+        "peer_threads": list(config.peer_threads),
+        "cpu_count": os.cpu_count(),
+        "machine": f"{platform.system()} {platform.machine()} {platform.processor()}".strip(),
+        "versions": versions,
+    }
+
+
+def _format_rows(rows: list[dict[str, Any]]) -> str:
+    return "\n".join(
+        f"  {r['family']:<8} {r['runtime']:<12} threads={r['threads']!s:<11} batch={r['batch']:<4}"
+        f" p50={r['p50_ms']:9.3f} ms  p99={r['p99_ms']:9.3f} ms  {r['items_per_s']:11.1f} items/s"
+        + (f"  x{r['p50_ratio_vs_jax']:.2f} of jax" if "p50_ratio_vs_jax" in r else "")
+        for r in rows
+    )
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The human-readable table of a ``bench model`` report."""
+    lines = ["model     ready_s  load_s  compile_s per bucket"]
+    for m in report["models"]:
+        buckets = " ".join(f"{b}:{s:.2f}" for b, s in m["compile_s"].items())
+        lines.append(
+            f"{m['family']:<9} {m['ready_s']:7.2f} {m['load_s']:7.3f}  {buckets}"
+            f"  ({m['model']}, {m['weights']} weights)"
+        )
+    lines += ["", "per call (results on host):", _format_rows(report["results"])]
+    for what, why in report["skipped"].items():
+        lines.append(f"skipped {what}: {why}")
+    return "\n".join(lines)

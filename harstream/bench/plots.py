@@ -1,0 +1,93 @@
+"""PNG plots of benchmark results (matplotlib, headless Agg backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harstream.bench.timing import Timing
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def latency_cdf(timings: Mapping[tuple[str, str, int], Timing], out: Path) -> Path:
+    """One panel per (family, batch size): the CDF of per-call latency of each runtime."""
+    plt = _pyplot()
+    from matplotlib.ticker import NullFormatter
+
+    families = list(dict.fromkeys(f for f, _, _ in timings))
+    batches = sorted({b for _, _, b in timings})
+    fig, axes = plt.subplots(
+        len(families),
+        len(batches),
+        figsize=(3.6 * len(batches), 2.8 * len(families)),
+        squeeze=False,
+    )
+    for i, family in enumerate(families):
+        for j, batch in enumerate(batches):
+            ax = axes[i][j]
+            for (fam, runtime, b), timing in timings.items():
+                if fam != family or b != batch:
+                    continue
+                ms = np.sort(np.asarray(timing.seconds) * 1e3)
+                ax.step(ms, np.arange(1, len(ms) + 1) / len(ms), where="post", label=runtime)
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_title(f"{family}, batch {batch}", fontsize=9)
+            ax.set_xlabel("ms per call", fontsize=8)
+            ax.set_ylabel("fraction of calls", fontsize=8)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def e2e_curves(points: Sequence[Mapping[str, Any]], out: Path) -> Path:
+    """Latency percentiles and sustained samples/s against the number of devices.
+
+    ``points`` are e2e results (``devices``, ``latency_ms``, ``samples_per_s``), each
+    optionally with a ``naive`` result of the same shape measured under the same load.
+    """
+    plt = _pyplot()
+    fig, (lat, thr) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, key in (("batched", None), ("naive", "naive")):
+        rows = [p[key] if key else p for p in points if key is None or key in p]
+        if not rows:
+            continue
+        devices = [r["devices"] for r in rows]
+        style = "-" if key is None else "--"
+        for q in ("p50", "p90", "p99"):
+            lat.plot(
+                devices, [r["latency_ms"][q] for r in rows], style, marker="o", label=f"{label} {q}"
+            )
+        thr.plot(devices, [r["samples_per_s"] for r in rows], style, marker="o", label=label)
+    lat.set_xlabel("devices")
+    lat.set_ylabel("window latency (ms)")
+    lat.set_yscale("log")
+    lat.set_title("last sample published -> prediction received")
+    thr.set_xlabel("devices")
+    thr.set_ylabel("samples/s sustained")
+    thr.set_title("throughput")
+    for ax in (lat, thr):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _save(fig: Any, out: Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    _pyplot().close(fig)
+    return out
