@@ -52,12 +52,23 @@ class Track:
     rate_hz: float = DEFAULT_RATE_HZ
 
     @property
+    def step(self) -> float:
+        """The typical sample interval."""
+        steps = np.diff(self.t_rel)
+        steps = steps[steps > 0]
+        return float(np.median(steps)) if steps.size else 1.0 / self.rate_hz
+
+    @property
     def period(self) -> float:
-        """Seconds one pass takes, including one sample interval before the next loop."""
-        if self.t_rel.size < 2:
-            return 1.0 / self.rate_hz
-        step = float(np.median(np.diff(self.t_rel)))
-        return float(self.t_rel[-1]) + (step if step > 0 else 1.0 / self.rate_hz)
+        """Seconds of recorded time one pass spans, plus one interval before the next pass."""
+        return float(self.t_rel[-1]) + self.step if self.t_rel.size else 0.0
+
+    def due_times(self, max_pause: float | None) -> np.ndarray:
+        """When each sample is due (seconds from the first): recorded time, with pauses
+        longer than ``max_pause`` shortened to it (and backwards steps to zero) so that a
+        recording with hours between sessions does not replay hours of silence."""
+        steps = np.diff(self.t_rel, prepend=self.t_rel[:1])
+        return np.cumsum(np.clip(steps, 0.0, max_pause))
 
 
 def parse_speed(text: str) -> float:
@@ -94,26 +105,29 @@ def track_chunks(
     base: float,
     offset: float = 0.0,
     loop: bool = False,
+    max_pause: float | None = None,
 ) -> Iterator[Chunk]:
     """The recording as messages of ``samples_per_message`` samples, once or forever.
 
     Sample ``i`` of pass ``p`` is sent with timestamp ``base + offset + p * period +
-    t_rel[i]`` and is due at ``offset + p * period + t_rel[i]``.
+    t_rel[i]``, so the service sees the recorded spacing (gaps included), and is due at
+    ``offset`` plus its due time (see ``Track.due_times``) plus the earlier passes.
     """
     if samples_per_message < 1:
         raise ValueError(f"samples per message must be >= 1, got {samples_per_message}")
     n = track.t_rel.size
-    period = track.period
+    due = track.due_times(max_pause)
+    due_period = float(due[-1]) + track.step if n else 0.0
     passes = 0
     while True:
-        shift = offset + passes * period
+        shift = offset + passes * track.period
+        due_shift = offset + passes * due_period
         for start in range(0, n, samples_per_message):
             sl = slice(start, min(start + samples_per_message, n))
-            t_rel = track.t_rel[sl]
             yield Chunk(
                 device=device,
-                due=shift + float(t_rel[-1]),
-                t=base + shift + t_rel,
+                due=due_shift + float(due[sl.stop - 1]),
+                t=base + shift + track.t_rel[sl],
                 xyz=track.xyz[sl],
                 labels=None if track.labels is None else track.labels[sl],
                 rate_hz=track.rate_hz,

@@ -1,0 +1,313 @@
+"""Score the service's live predictions against the true labels of what was sent.
+
+Every prediction carries ``window.start`` and ``window.end``: the timestamps of the first
+and last sample of its window as the device sent them. ``TruthLog`` remembers, per device,
+each sample's sent timestamp, true label and when it was published, so a prediction is
+matched to the majority label of the samples it covered and its end-to-end latency is the
+time from publishing the window's last sample to receiving the prediction. ``WindowCounter``
+predicts how many windows the service must produce (windows expected), and ``Scoreboard``
+collects the predictions (windows received) into the final report.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from replay.pacing import Chunk
+
+WINDOW = 80
+DEFAULT_HOP = 20
+DEFAULT_RATE_HZ = 20.0
+MATCH_TOLERANCE_S = 1e-3  # the service may recompute t0 + i / rate_hz with rounding
+
+
+class _DeviceLog:
+    """Growable (or bounded) arrays of sent timestamps, label codes and publish times."""
+
+    def __init__(self, capacity: int | None) -> None:
+        self.capacity = capacity
+        size = 1024 if capacity is None else min(capacity, 1024)
+        self.t = np.empty(size)
+        self.code = np.empty(size, np.int32)
+        self.sent = np.empty(size)
+        self.n = 0
+
+    def append(self, t: np.ndarray, codes: np.ndarray, sent_at: float) -> None:
+        k = t.size
+        if self.capacity is not None and self.n + k > 2 * self.capacity:
+            keep = max(0, min(self.n, self.capacity - k))  # forget the oldest samples
+            for arr in (self.t, self.code, self.sent):
+                arr[:keep] = arr[self.n - keep : self.n]
+            self.n = keep
+        if self.n + k > self.t.size:
+            size = max(2 * self.t.size, self.n + k)
+            for name in ("t", "code", "sent"):
+                grown = np.empty(size, getattr(self, name).dtype)
+                grown[: self.n] = getattr(self, name)[: self.n]
+                setattr(self, name, grown)
+        self.t[self.n : self.n + k] = t
+        self.code[self.n : self.n + k] = codes
+        self.sent[self.n : self.n + k] = sent_at
+        self.n += k
+
+    def span(self, start: float, end: float) -> slice:
+        """Indices of samples sent with ``start <= t <= end`` (timestamps ascend)."""
+        t = self.t[: self.n]
+        lo = int(np.searchsorted(t, start - MATCH_TOLERANCE_S, "left"))
+        hi = int(np.searchsorted(t, end + MATCH_TOLERANCE_S, "right"))
+        return slice(lo, hi)
+
+
+class TruthLog:
+    """What was sent, per device: enough to label and time any window the service reports.
+
+    ``capacity`` bounds the samples kept per device (``None``: keep all, for finite
+    recordings); endless streams keep the most recent ones, which is all late predictions
+    can refer to.
+    """
+
+    UNKNOWN = -1
+
+    def __init__(self, capacity: int | None = None) -> None:
+        self.capacity = capacity
+        self.labels: list[str] = []
+        self._codes: dict[str, int] = {}
+        self._devices: dict[str, _DeviceLog] = {}
+        self._lock = threading.Lock()
+
+    def record(self, chunk: Chunk, sent_at: float) -> None:
+        """Remember ``chunk`` as published at ``sent_at`` (``time.perf_counter()``)."""
+        if chunk.labels is None:
+            codes = np.full(chunk.t.size, self.UNKNOWN, np.int32)
+        else:
+            codes = np.fromiter(
+                (self._code(str(label)) for label in chunk.labels), np.int32, chunk.t.size
+            )
+        with self._lock:
+            log = self._devices.get(chunk.device)
+            if log is None:
+                log = self._devices[chunk.device] = _DeviceLog(self.capacity)
+            log.append(chunk.t, codes, sent_at)
+
+    def _code(self, label: str) -> int:
+        code = self._codes.get(label)
+        if code is None:
+            code = self._codes[label] = len(self.labels)
+            self.labels.append(label)
+        return code
+
+    def lookup(self, device: str, start: float, end: float) -> tuple[str | None, float | None]:
+        """``(true label, publish time of the window's last sample)`` for a window.
+
+        The label is the majority over the samples the window covers, ``None`` when they
+        are unlabelled or unknown (e.g. a window from before this run).
+        """
+        with self._lock:
+            log = self._devices.get(device)
+            if log is None or log.n == 0:
+                return None, None
+            span = log.span(start, end)
+            codes = log.code[span]
+            last = span.stop - 1
+            sent = float(log.sent[last]) if span.stop > span.start else None
+        known = codes[codes != self.UNKNOWN]
+        if known.size == 0:
+            return None, sent
+        return self.labels[int(np.bincount(known).argmax())], sent
+
+
+@dataclass
+class WindowCounter:
+    """How many windows the service will classify for what was sent to one device.
+
+    Mirrors the service's windowing: ``window`` samples at ``rate_hz`` (timestamps are
+    resampled to it), a new window every ``hop`` samples, and a gap longer than ``max_gap``
+    seconds restarting the window.
+    """
+
+    hop: int = DEFAULT_HOP
+    rate_hz: float = DEFAULT_RATE_HZ
+    max_gap: float = 1.0
+    window: int = WINDOW
+    _done: int = 0
+    _first: float | None = None
+    _last: float | None = None
+
+    def add(self, t: np.ndarray) -> None:
+        """Count samples sent with timestamps ``t`` (out-of-order ones are ignored)."""
+        t = np.asarray(t, np.float64)
+        before = -math.inf if self._last is None else self._last
+        latest = np.maximum.accumulate(np.concatenate([[before], t]))
+        t = t[t > latest[:-1]]  # the service drops out-of-order and duplicate samples
+        if t.size == 0:
+            return
+        steps = np.diff(t, prepend=before)
+        for start in np.flatnonzero(steps > self.max_gap):  # a new segment starts here
+            if start > 0:
+                self._last = float(t[start - 1])
+            self._done += self._segment_windows()
+            self._first = float(t[start])
+        self._last = float(t[-1])
+
+    def _segment_windows(self) -> int:
+        if self._first is None:
+            return 0
+        samples = math.floor((self._last - self._first) * self.rate_hz + 1e-6) + 1
+        return 0 if samples < self.window else 1 + (samples - self.window) // self.hop
+
+    @property
+    def expected(self) -> int:
+        return self._done + self._segment_windows()
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """``{p50, p90, p99, max}`` of ``values`` (``None`` each when there are none)."""
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+    arr = np.asarray(values)
+    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(arr.max())}
+
+
+@dataclass
+class Latest:
+    """The most recent prediction for one device, for live displays."""
+
+    activity: str
+    confidence: float
+    truth: str | None
+    latency_ms: float | None
+    received: float
+
+
+@dataclass
+class Scoreboard:
+    """Collects predictions (called from the MQTT thread) and builds the report."""
+
+    truth: TruthLog
+    devices: set[str] | None = None  # only these devices count; None: every device
+    classes: list[str] = field(default_factory=list)
+    y_true: list[str] = field(default_factory=list)
+    y_pred: list[str] = field(default_factory=list)
+    latency: list[float] = field(default_factory=list)
+    service_latency: list[float] = field(default_factory=list)
+    latest: dict[str, Latest] = field(default_factory=dict)
+    received: int = 0
+    hits: int = 0
+    unmatched: int = 0
+    bad: Counter = field(default_factory=Counter)
+    models: Counter = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_prediction(self, payload: bytes, received_at: float | None = None) -> None:
+        """Score one prediction payload; malformed ones are counted, never raised."""
+        received_at = time.perf_counter() if received_at is None else received_at
+        try:
+            msg = orjson.loads(payload)
+            device = str(msg["device"])
+            activity = str(msg["activity"])
+            window = msg["window"]
+            start, end = float(window["start"]), float(window["end"])
+            confidence = float(msg.get("confidence", math.nan))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            with self._lock:
+                self.bad[type(exc).__name__] += 1
+            return
+        if self.devices is not None and device not in self.devices:
+            return
+        label, sent_at = self.truth.lookup(device, start, end)
+        latency = None if sent_at is None else (received_at - sent_at) * 1000.0
+        with self._lock:
+            self.received += 1
+            for name in msg.get("probs") or ():
+                if name not in self.classes:
+                    self.classes.append(name)
+            if "model" in msg:
+                self.models[str(msg["model"])] += 1
+            if isinstance(msg.get("latency_ms"), int | float):
+                self.service_latency.append(float(msg["latency_ms"]))
+            if latency is not None:
+                self.latency.append(latency)
+            if label is None:
+                self.unmatched += 1
+            else:
+                self.y_true.append(label)
+                self.y_pred.append(activity)
+                self.hits += label == activity
+            self.latest[device] = Latest(activity, confidence, label, latency, received_at)
+
+    @property
+    def running_accuracy(self) -> float | None:
+        with self._lock:
+            return self.hits / len(self.y_true) if self.y_true else None
+
+    def report(self, windows_expected: int, **extra: Any) -> dict[str, Any]:
+        """The final report: the contract's keys first, then details."""
+        from models.metrics import classification_report
+
+        with self._lock:
+            y_true, y_pred = list(self.y_true), list(self.y_pred)
+            classes = list(self.classes)
+            for name in (*y_true, *y_pred):
+                if name not in classes:
+                    classes.append(name)
+            out: dict[str, Any] = {
+                "accuracy": None,
+                "macro_f1": None,
+                "windows_expected": int(windows_expected),
+                "windows_received": self.received,
+                "latency_ms": percentiles(self.latency),
+                "service_latency_ms": percentiles(self.service_latency),
+                "windows_scored": len(y_true),
+                "windows_unlabelled": self.unmatched,
+                "bad_predictions": sum(self.bad.values()),
+                "models": dict(self.models),
+            }
+        if y_true:
+            scores = classification_report(y_true, y_pred, classes)
+            out.update(accuracy=scores["accuracy"], macro_f1=scores["macro_f1"])
+            out.update(classes=classes, per_class=scores["per_class"])
+            out["confusion"] = scores["confusion"]
+        out.update(extra)
+        return out
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as text: counts, scores, latency and the confusion matrix."""
+    from models.metrics import format_report as format_scores
+
+    lines = []
+    if report.get("simulated"):
+        lines.append("SIMULATED devices (synthetic signals, not recordings)")
+    lines.append(
+        f"windows expected {report['windows_expected']}, received {report['windows_received']}"
+        f" ({report['windows_scored']} with a true label)"
+    )
+    for key, title in (("latency_ms", "end-to-end"), ("service_latency_ms", "in service")):
+        lat = report[key]
+        if lat["p50"] is not None:
+            lines.append(
+                f"latency {title}: p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f} ms, "
+                f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms"
+            )
+    if report["accuracy"] is None:
+        lines.append("accuracy: n/a (no labelled windows)")
+    else:
+        lines.append(format_scores(report, report["classes"]))
+    return "\n".join(lines)
+
+
+def write_json(report: dict[str, Any], path: str | Path) -> Path:
+    """Write the report as indented JSON."""
+    path = Path(path)
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    return path

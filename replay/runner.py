@@ -1,0 +1,156 @@
+"""One replay/simulation run: connect, publish paced streams, collect and score predictions.
+
+``harstream replay``, ``simulate`` and ``demo`` differ only in where their streams come
+from and how they show progress; the run itself (connection, pacing, publishing, truth
+bookkeeping, waiting for the last predictions, the report) is this one class.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from replay.compare import DEFAULT_HOP, Scoreboard, TruthLog, WindowCounter
+from replay.pacing import Chunk, paced
+from replay.publisher import Publisher, close_client, open_client
+from stream.connection import BrokerConfig
+from stream.contract import DEFAULT_PREFIX, subscription
+
+DEFAULT_MAX_GAP_S = 1.0
+
+
+@dataclass
+class RunSettings:
+    """How to publish and whether to score. ``duration``: stop publishing after that many
+    wall-clock seconds; ``wait``: after publishing, wait this long without a new
+    prediction before giving up on the rest; ``truth_capacity``: samples remembered per
+    device for scoring (``None``: all)."""
+
+    prefix: str = DEFAULT_PREFIX
+    qos: int = 1
+    binary: bool = False
+    speed: float = 1.0
+    duration: float | None = None
+    compare: bool = False
+    hop: int = DEFAULT_HOP
+    max_gap: float = DEFAULT_MAX_GAP_S
+    wait: float = 5.0
+    truth_capacity: int | None = None
+
+
+class Runner:
+    """Use as a context manager: connects on enter, disconnects on exit."""
+
+    def __init__(self, cfg: BrokerConfig, settings: RunSettings, devices: Iterable[str]) -> None:
+        self.cfg = cfg
+        self.settings = settings
+        self.devices = set(devices)
+        self.stop = threading.Event()
+        self.interrupted = False
+        self.truth = TruthLog(settings.truth_capacity)
+        self.scoreboard = Scoreboard(self.truth, self.devices)
+        self.counters = {
+            d: WindowCounter(hop=settings.hop, max_gap=settings.max_gap) for d in self.devices
+        }
+        self.client: Any = None
+        self.publisher: Publisher | None = None
+        self.started = 0.0
+        self.publish_seconds = 0.0
+
+    def __enter__(self) -> Runner:
+        subscriptions = [subscription(self.settings.prefix, "activity")]
+        self.client = open_client(
+            self.cfg,
+            subscriptions=subscriptions if self.settings.compare else (),
+            on_message=self._on_message,
+        )
+        self.publisher = Publisher(
+            self.client,
+            prefix=self.settings.prefix,
+            qos=self.settings.qos,
+            binary=self.settings.binary,
+            max_pending=self.cfg.max_inflight,
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.client is not None:
+            close_client(self.client)
+            self.client = None
+
+    def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
+        self.scoreboard.on_prediction(msg.payload, time.perf_counter())
+
+    def publish(
+        self, streams: Iterable[Iterator[Chunk]], progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Publish every stream's chunks at the configured speed until done, ``duration``
+        elapsed, ``stop`` was set or Ctrl-C (which ends publishing cleanly)."""
+        assert self.publisher is not None, "use Runner as a context manager"
+        timer = None
+        if self.settings.duration is not None:
+            timer = threading.Timer(self.settings.duration, self.stop.set)
+            timer.daemon = True
+            timer.start()
+        self.started = time.monotonic()
+        try:
+            for chunk in paced(streams, self.settings.speed, self.stop):
+                sent_at = time.perf_counter()
+                self.publisher.send(chunk, self.stop)
+                if self.settings.compare:
+                    self.truth.record(chunk, sent_at)
+                    self.counters[chunk.device].add(chunk.t)
+                if progress is not None:
+                    progress(chunk.t.size)
+            self.publisher.flush()
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.stop.set()
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self.publish_seconds = time.monotonic() - self.started
+
+    @property
+    def windows_expected(self) -> int:
+        return sum(c.expected for c in self.counters.values())
+
+    def wait_for_predictions(self, progress: Callable[[], None] | None = None) -> None:
+        """Wait until every expected window was received, or none came for ``wait`` s."""
+        if not self.settings.compare:
+            return
+        last_count, last_change = -1, time.monotonic()
+        try:
+            while self.scoreboard.received < self.windows_expected:
+                count = self.scoreboard.received
+                if count != last_count:
+                    last_count, last_change = count, time.monotonic()
+                elif time.monotonic() - last_change > self.settings.wait:
+                    return
+                if progress is not None:
+                    progress()
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            self.interrupted = True
+
+    def report(self, **extra: Any) -> dict[str, Any]:
+        """The scoreboard's report plus what was published."""
+        pub = self.publisher
+        seconds = self.publish_seconds
+        return self.scoreboard.report(
+            self.windows_expected,
+            devices=len(self.devices),
+            samples_sent=pub.samples if pub else 0,
+            messages_sent=pub.messages if pub else 0,
+            messages_lost=pub.lost if pub else 0,
+            publish_seconds=round(seconds, 3),
+            samples_per_second=round(pub.samples / seconds, 1) if pub and seconds else None,
+            speed="max" if math.isinf(self.settings.speed) else self.settings.speed,
+            interrupted=self.interrupted,
+            **extra,
+        )
