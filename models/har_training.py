@@ -1,0 +1,277 @@
+"""Train and evaluate HAR models on subjects they never saw.
+
+Windows of one recording overlap, so a random window split leaks and flatters a model;
+here subjects are split into train / validation (early stopping) / test (reported only).
+Watches are worn differently (x flipped, other axis frames, see the data README), so
+training can augment each window with a random orientation: a rotation about the axis
+normal to the watch face, a mirror of x and a small tilt. Gravity's share on that normal
+axis (z) is kept, which still tells sitting (arm on a table) from standing (arm down).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models import har
+from models.data import WISDM2019_ACTIVITIES, WISDM_V11_ACTIVITIES, LoadReport, load_recordings
+from models.windows import DEFAULT_HOP, Windows, make_windows
+
+log = logging.getLogger(__name__)
+
+MODELS = {"cnn": "har-cnn", "lstm": "har-lstm"}
+TILT_DEG = 15.0  # largest random tilt of the watch face, on top of the in-plane rotation
+
+
+@dataclass
+class Split:
+    """Subjects (recording keys) of each part of a subject split."""
+
+    train: list[str]
+    val: list[str]
+    test: list[str]
+
+
+@dataclass
+class HarTrainConfig:
+    """Everything a training run depends on; stored in the checkpoint's metadata."""
+
+    data: str
+    model: str = "cnn"
+    epochs: int = 40
+    batch_size: int = 400
+    seed: int = 0
+    hop: int = DEFAULT_HOP
+    lr: float = 2e-3
+    weight_decay: float = 1e-3
+    label_smoothing: float = 0.1
+    patience: int = 8
+    augment: bool = True
+    split_seed: int = 0
+    test_fraction: float = 0.2
+    val_fraction: float = 0.15
+    test_subjects: list[str] | None = None
+    val_subjects: list[str] | None = None
+    version: str = field(default_factory=lambda: dt.date.today().strftime("%Y.%m.%d"))
+
+
+def class_order(labels: Sequence[str]) -> list[str]:
+    """Known WISDM activities in their data-set order, then any others sorted."""
+    present = set(labels) - {""}
+    known = [*WISDM2019_ACTIVITIES.values(), *WISDM_V11_ACTIVITIES.values()]
+    ordered = list(dict.fromkeys(n for n in known if n in present))
+    return ordered + sorted(present - set(ordered))
+
+
+def split_subjects(
+    subjects: Sequence[str],
+    *,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.15,
+    test: Sequence[str] | None = None,
+    val: Sequence[str] | None = None,
+) -> Split:
+    """Deterministic split of subjects; explicit ``test``/``val`` lists win over fractions.
+
+    Subjects not named explicitly are shuffled with ``seed`` and the fractions are taken
+    (at least one each when there are three or more subjects); the rest train.
+    """
+    everyone = sorted({str(s) for s in subjects})
+    for name, chosen in (("test", test), ("validation", val)):
+        unknown = sorted(set(chosen or ()) - set(everyone))
+        if unknown:
+            raise ValueError(
+                f"{name} subject(s) {unknown} not in the data; subjects are {everyone}"
+            )
+    if test and val and set(test) & set(val):
+        raise ValueError(f"subjects {sorted(set(test) & set(val))} are in both test and validation")
+    rest = [s for s in everyone if s not in set(test or ()) | set(val or ())]
+    rest = [rest[i] for i in np.random.default_rng(seed).permutation(len(rest))]
+    n = len(everyone)
+
+    def take(fraction: float) -> list[str]:
+        k = max(1, round(fraction * n)) if n >= 3 and fraction > 0 else 0
+        picked = rest[:k]
+        del rest[:k]
+        return picked
+
+    test_s = sorted(test) if test else take(test_fraction)
+    val_s = sorted(val) if val else take(val_fraction)
+    if not rest:
+        raise ValueError(f"no subjects left for training out of {everyone}")
+    return Split(train=sorted(rest), val=sorted(val_s), test=sorted(test_s))
+
+
+def fit_normalization(x: np.ndarray) -> dict[str, list[float]]:
+    """Per-axis mean and standard deviation of ``(n, window, 3)`` training windows."""
+    flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    std = flat.std(axis=0)
+    return {"mean": flat.mean(axis=0).tolist(), "std": np.where(std > 0, std, 1.0).tolist()}
+
+
+def random_orientations(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``(n, 3, 3)`` random watch orientations: mirror x, rotate about z, tilt a little."""
+    out = np.empty((n, 3, 3), np.float32)
+    angle = rng.uniform(-np.pi, np.pi, n)
+    c, s = np.cos(angle), np.sin(angle)
+    mirror = np.where(rng.random(n) < 0.5, -1.0, 1.0)
+    tilt_axis = rng.normal(size=(n, 3))
+    tilt_axis[:, 2] = 0.0  # tilt about an in-plane axis
+    tilt_axis /= np.linalg.norm(tilt_axis, axis=1, keepdims=True) + 1e-12
+    tilt = np.deg2rad(rng.uniform(-TILT_DEG, TILT_DEG, n))
+    for i in range(n):
+        rz = np.array([[c[i], -s[i], 0.0], [s[i], c[i], 0.0], [0.0, 0.0, 1.0]])
+        k = np.array(
+            [
+                [0.0, -tilt_axis[i, 2], tilt_axis[i, 1]],
+                [tilt_axis[i, 2], 0.0, -tilt_axis[i, 0]],
+                [-tilt_axis[i, 1], tilt_axis[i, 0], 0.0],
+            ]
+        )
+        rt = np.eye(3) + np.sin(tilt[i]) * k + (1 - np.cos(tilt[i])) * (k @ k)  # Rodrigues
+        out[i] = rt @ rz @ np.diag([mirror[i], 1.0, 1.0])
+    return out
+
+
+def rotate(x: np.ndarray, rotations: np.ndarray) -> np.ndarray:
+    """Apply one 3x3 matrix per window to ``(n, window, 3)`` samples."""
+    return np.einsum("nij,ntj->nti", rotations, x).astype(np.float32)
+
+
+@dataclass
+class HarDataset:
+    """Windows of a data path, with the load report (for messages)."""
+
+    windows: Windows
+    report: LoadReport
+
+
+def load_windows(path: str | Path, hop: int = DEFAULT_HOP) -> HarDataset:
+    """Load recordings from ``path`` and cut labelled windows."""
+    recordings, report = load_recordings(path)
+    windows = make_windows(recordings, hop=hop)
+    if len(windows) == 0:
+        raise ValueError(f"{path}: no complete {har.WINDOW}-sample windows in the data")
+    if (windows.labels == "").any():
+        raise ValueError(f"{path}: training and evaluation need labelled data (a label column)")
+    return HarDataset(windows, report)
+
+
+def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Train, test on held-out subjects, save the checkpoint and curves; return its metadata."""
+    import jax
+    import optax
+
+    from models import har_checkpoint, metrics, training
+
+    if config.model not in MODELS:
+        raise ValueError(f"unknown model {config.model!r}; expected one of {sorted(MODELS)}")
+    dataset = load_windows(config.data, config.hop)
+    log.info(dataset.report.summary())
+    windows = dataset.windows
+    split = split_subjects(
+        windows.subjects,
+        seed=config.split_seed,
+        test_fraction=config.test_fraction,
+        val_fraction=config.val_fraction,
+        test=config.test_subjects,
+        val=config.val_subjects,
+    )
+    log.info("subjects: train %s, validation %s, test %s", split.train, split.val, split.test)
+    classes = class_order(windows.labels)
+    index = {c: i for i, c in enumerate(classes)}
+    parts = {name: windows.of_subjects(getattr(split, name)) for name in ("train", "val", "test")}
+    for name, part in parts.items():
+        if len(part) == 0 and (name != "test" or split.test):
+            raise ValueError(f"the {name} subjects have no windows")
+    train_w, val_w = parts["train"], parts["val"]
+    norm = fit_normalization(train_w.x)
+    mean = np.asarray(norm["mean"], np.float32)
+    std = np.asarray(norm["std"], np.float32)
+    y_train = np.asarray([index[c] for c in train_w.labels], np.int32)
+    y_val = np.asarray([index[c] for c in val_w.labels], np.int32)
+
+    arch = MODELS[config.model]
+    arch_config = {"num_classes": len(classes)}
+    model = har.build(arch, arch_config)
+    params = har.init_params(model, seed=config.seed)
+
+    def prepare(rng: np.random.Generator, batch):
+        x, y = batch
+        if config.augment:
+            x = rotate(x, random_orientations(rng, len(x)))
+        return (x - mean) / std, y
+
+    steps = max(1, len(train_w) // min(config.batch_size, len(train_w)))
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.lr, warmup_steps=steps, decay_steps=steps * config.epochs
+    )
+    optimizer = optax.adamw(schedule, weight_decay=config.weight_decay)
+    validate = training.classification_eval(
+        lambda p, x: model.apply({"params": p}, x), (val_w.x - mean) / std, y_val
+    )
+    result = training.fit(
+        training.classifier_loss(model, config.label_smoothing),
+        params,
+        (train_w.x, y_train),
+        optimizer,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        validate=validate,
+        monitor="val_accuracy",
+        mode="max",
+        patience=config.patience,
+        augment=prepare,
+        progress=progress,
+        desc=arch,
+    )
+    params = jax.device_get(result.params)
+    forward = jax.jit(har.make_forward(model, mean, std))
+    test_report = None
+    if len(parts["test"]):
+        probs = training.predict_batches(forward, params, parts["test"].x)
+        test_report = metrics.classification_report(
+            parts["test"].labels, [classes[i] for i in probs.argmax(-1)], classes
+        )
+        test_report["windows"] = len(parts["test"])
+    meta = {
+        "name": arch,
+        "version": config.version,
+        "classes": classes,
+        "normalization": norm,
+        "hop": config.hop,
+        "training": {
+            "config": asdict(config),
+            "data": str(config.data),
+            "split": asdict(split),
+            "windows": {k: len(v) for k, v in parts.items()},
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
+            "seconds_per_epoch": round(result.mean_epoch_seconds, 2),
+            "history": result.history,
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        "metrics": {
+            "validation_accuracy": result.best_value,
+            "test": test_report,
+        },
+    }
+    out = Path(out)
+    har_checkpoint.save(out, arch, arch_config, params, meta)
+    training.save_curves(
+        result.history,
+        out / "curves.png",
+        title=f"{arch}: train {len(split.train)} / validation {len(split.val)} subjects",
+        best_epoch=result.best_epoch,
+    )
+    return meta
