@@ -275,3 +275,94 @@ def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True)
         best_epoch=result.best_epoch,
     )
     return meta
+
+
+def _chosen_subjects(
+    windows: Windows,
+    meta: dict[str, Any],
+    subjects: Sequence[str] | None,
+    all_subjects: bool,
+) -> list[str]:
+    present = sorted({str(s) for s in windows.subjects})
+    if subjects:
+        missing = sorted(set(subjects) - set(present))
+        if missing:
+            raise ValueError(f"subject(s) {missing} not in the data; subjects are {present}")
+        return sorted(subjects)
+    held_out = meta.get("training", {}).get("split", {}).get("test") or []
+    if not all_subjects and set(held_out) & set(present):
+        return sorted(set(held_out) & set(present))
+    return present
+
+
+def evaluate_har(
+    predictor: Any,
+    data: str | Path,
+    *,
+    subjects: Sequence[str] | None = None,
+    all_subjects: bool = False,
+    hop: int | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """Score a HAR ``Predictor`` on labelled data; return ``(report, subjects scored)``.
+
+    Without ``subjects``, the checkpoint's held-out test subjects are scored when the data
+    holds any of them (so the number is honest), else every subject. Windows whose activity
+    the model does not know are left out with a warning.
+    """
+    from models import metrics
+
+    dataset = load_windows(data, hop or predictor.meta.get("hop", DEFAULT_HOP))
+    log.info(dataset.report.summary())
+    chosen = _chosen_subjects(dataset.windows, predictor.meta, subjects, all_subjects)
+    windows = dataset.windows.of_subjects(chosen)
+    known = np.isin(windows.labels, predictor.labels)
+    if not known.all():
+        unknown = sorted(set(windows.labels[~known].tolist()))
+        if not known.any():
+            raise ValueError(
+                f"none of the activities {unknown} in {data} is known to {predictor.tag} "
+                f"(it knows {predictor.labels})"
+            )
+        log.warning(
+            "left out %d window(s) of activities unknown to the model: %s",
+            int((~known).sum()),
+            unknown,
+        )
+        windows = windows.select(known)
+    probs = predictor.predict(windows.x)
+    predicted = [predictor.labels[i] for i in probs.argmax(axis=1)]
+    report = metrics.classification_report(windows.labels, predicted, predictor.labels)
+    report["windows"] = len(windows)
+    return report, chosen
+
+
+def train_baseline_report(config: HarTrainConfig, out: str | Path) -> dict[str, Any]:
+    """Fit the feature baseline on the training subjects of the same split as ``train_har``
+    and score it on the test subjects; write ``report.json`` and a confusion PNG to ``out``."""
+    from models import baseline, metrics
+
+    dataset = load_windows(config.data, config.hop)
+    windows = dataset.windows
+    split = split_subjects(
+        windows.subjects,
+        seed=config.split_seed,
+        test_fraction=config.test_fraction,
+        val_fraction=config.val_fraction,
+        test=config.test_subjects,
+        val=config.val_subjects,
+    )
+    if not split.test:
+        raise ValueError("the baseline needs test subjects to report on")
+    classes = class_order(windows.labels)
+    train_w, test_w = windows.of_subjects(split.train), windows.of_subjects(split.test)
+    model, seconds = baseline.train_baseline(train_w.x, train_w.labels, seed=config.seed)
+    report = metrics.classification_report(
+        test_w.labels, baseline.predict_baseline(model, test_w.x), classes
+    )
+    report["windows"] = len(test_w)
+    out = Path(out)
+    metrics.write_json(
+        {**report, "fit_seconds": round(seconds, 1), "split": asdict(split)}, out / "report.json"
+    )
+    metrics.save_confusion_png(report, classes, out / "confusion.png", title="feature baseline")
+    return report
