@@ -28,6 +28,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     )
     sub = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     _register_model(sub)
+    _register_train(sub)
 
 
 def _register_model(sub: argparse._SubParsersAction) -> None:
@@ -102,6 +103,63 @@ def _run_model(args: argparse.Namespace) -> int:
 
         plots.latency_cdf(run.timings, args.plot)
         print(f"wrote {args.plot}")
+    return 0
+
+
+def _register_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="training samples/s of the HAR models, JAX/optax beside PyTorch",
+        description=(
+            "Training speed of the HAR models at batch 400 (as in the article) with "
+            "harstream's optax training loop, and PyTorch with the same architecture and loop "
+            "in the same run when it is installed. Synthetic windows; the first epoch is a "
+            "warm-up (it includes compilation) and is not timed."
+        ),
+    )
+    p.add_argument(
+        "--family",
+        choices=("har-cnn", "har-lstm", "all"),
+        default="har-cnn",
+        help="architecture to train (default: har-cnn)",
+    )
+    p.add_argument("--batch", type=int, default=400, help="batch size (default: 400)")
+    p.add_argument("--steps", type=int, default=20, help="steps per epoch (default: 20)")
+    p.add_argument(
+        "--epochs", type=int, default=3, help="epochs, the first one untimed (default: 3)"
+    )
+    p.add_argument(
+        "--torch-threads",
+        type=_int_list,
+        default=None,
+        help="PyTorch thread counts to time (default: 1 and the number of cores)",
+    )
+    p.add_argument("--no-peers", action="store_true", help="time harstream (JAX) only")
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the report as JSON to OUT")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from harstream.bench import train_bench
+
+    try:
+        config = train_bench.TrainBenchConfig(
+            archs=train_bench.ARCHS if args.family == "all" else (args.family,),
+            batch=args.batch,
+            steps=args.steps,
+            epochs=args.epochs,
+            with_torch=not args.no_peers,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.torch_threads:
+        config.torch_threads = args.torch_threads
+    report = train_bench.run(config, log=_progress)
+    print(train_bench.format_rows(report["results"]))
+    for what, why in report["skipped"].items():
+        print(f"skipped {what}: {why}")
+    _write_json(args.json, report)
     return 0
 
 
