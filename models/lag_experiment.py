@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from models import series
-from models.series_training import fit, global_normalization
+from models.series_training import global_normalization, train
 
 SHORT_LAG_WEIGHTS = (1.0, 0.5, 0.2, 0.1)
 LONG_LAGS = (20, 50)
@@ -92,7 +92,7 @@ def run_case(
     tr, va, te = split(len(ys), seed)
     model = series.build(arch, {"window": k})
     norm = global_normalization(xs[tr], ys[tr])
-    result = fit(model, norm, (xs[tr], ys[tr]), (xs[va], ys[va]), epochs=epochs, seed=seed)
+    result = train(model, norm, (xs[tr], ys[tr]), (xs[va], ys[va]), epochs=epochs, seed=seed)
     pred = np.asarray(series.make_forward(model, norm)(result.params, xs[te]))
     errors = pred - ys[te]
     mse = float(np.mean(errors**2))

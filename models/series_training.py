@@ -1,14 +1,12 @@
-"""Training for the small sequence regressors: MSE, Adam, early stopping on validation.
+"""Training the small sequence regressors with the shared loop (``models.training.fit``).
 
-These models have tens to hundreds of parameters and the data sets a few thousand windows,
-so a whole epoch of mini-batches runs as one ``jax.lax.scan`` inside one jitted call;
-Python only decides when to stop. Loss is computed in normalized target units (see
-``models.series.normalize``), so learning rates mean the same for any data scale.
+What is specific to regression lives here: the MSE loss in normalized target units (see
+``models.series.normalize``, so learning rates mean the same for any data scale), its
+validation callback and the global normalization fitted on training data.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -16,17 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from models import series
-
-
-@dataclass
-class FitResult:
-    """Best parameters (by validation loss) and the per-epoch history in normalized units."""
-
-    params: Any
-    best_epoch: int
-    train_loss: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
+from models import series, training
 
 
 def global_normalization(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -40,54 +28,47 @@ def global_normalization(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     }
 
 
-def fit(
+def mse_normalized(model: Any, norm: dict[str, Any]):
+    """``(params, x, y) -> MSE`` between the model's output and the normalized target."""
+
+    def mse(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+        x_n, shift, scale = series.normalize(x, norm)
+        return jnp.mean((model.apply({"params": params}, x_n) - (y - shift) / scale) ** 2)
+
+    return mse
+
+
+def train(
     model: Any,
     norm: dict[str, Any],
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    train_set: tuple[np.ndarray, np.ndarray],
+    val_set: tuple[np.ndarray, np.ndarray],
     *,
     epochs: int = 300,
     batch_size: int = 32,
     lr: float = 1e-2,
     patience: int = 40,
     seed: int = 0,
-) -> FitResult:
-    """Train ``model`` on windows ``(n, k)`` -> targets ``(n,)``; keep the best validation epoch."""
-    x_tr, y_tr = (np.asarray(a, np.float32) for a in train)
-    x_va, y_va = (np.asarray(a, np.float32) for a in val)
-    n_batches = max(1, len(x_tr) // batch_size)
-    params = series.init_params(model, seed)
-    tx = optax.adam(lr)
-    opt_state = tx.init(params)
+    progress: bool = False,
+) -> training.FitResult:
+    """Fit ``model`` on windows ``(n, k)`` -> targets ``(n,)``; best epoch by validation MSE."""
+    mse = mse_normalized(model, norm)
+    x_val, y_val = (jnp.asarray(a, jnp.float32) for a in val_set)
+    val_mse = jax.jit(lambda p: mse(p, x_val, y_val))
 
-    def loss_fn(p: Any, x: jax.Array, y: jax.Array) -> jax.Array:
-        x_n, shift, scale = series.normalize(x, norm)
-        return jnp.mean((model.apply({"params": p}, x_n) - (y - shift) / scale) ** 2)
+    def loss_fn(params: Any, batch: tuple[jax.Array, jax.Array], rng: jax.Array):
+        return mse(params, *batch), {}
 
-    def step(carry: tuple[Any, Any], batch: tuple[jax.Array, jax.Array]):
-        p, s = carry
-        loss, grads = jax.value_and_grad(loss_fn)(p, *batch)
-        updates, s = tx.update(grads, s, p)
-        return (optax.apply_updates(p, updates), s), loss
-
-    @jax.jit
-    def epoch(p: Any, s: Any, key: jax.Array):
-        order = jax.random.permutation(key, len(x_tr))[: n_batches * batch_size]
-        xb = jnp.asarray(x_tr)[order].reshape(n_batches, batch_size, -1)
-        yb = jnp.asarray(y_tr)[order].reshape(n_batches, batch_size)
-        (p, s), losses = jax.lax.scan(step, (p, s), (xb, yb))
-        return p, s, losses.mean(), loss_fn(p, jnp.asarray(x_va), jnp.asarray(y_va))
-
-    key = jax.random.PRNGKey(seed)
-    result = FitResult(params=params, best_epoch=0)
-    best = np.inf
-    for i in range(epochs):
-        key, sub = jax.random.split(key)
-        params, opt_state, tr_loss, va_loss = epoch(params, opt_state, sub)
-        result.train_loss.append(float(tr_loss))
-        result.val_loss.append(float(va_loss))
-        if float(va_loss) < best:
-            best, result.params, result.best_epoch = float(va_loss), params, i + 1
-        elif i + 1 - result.best_epoch >= patience:
-            break
-    return result
+    return training.fit(
+        loss_fn,
+        series.init_params(model, seed),
+        tuple(np.asarray(a, np.float32) for a in train_set),
+        optax.adam(lr),
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        validate=lambda p: {"val_loss": float(val_mse(p))},
+        patience=patience,
+        progress=progress,
+        desc=type(model).__name__,
+    )

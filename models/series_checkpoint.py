@@ -1,0 +1,68 @@
+"""Save and load sequence-model checkpoints, and build their Predictor.
+
+``meta["normalization"]`` (``global`` with fitted means/deviations, or ``window``) is
+compiled into the forward pass, so the Predictor takes raw values and returns forecasts
+in the data's own units.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from models import checkpoint, series
+from models.predictor import Predictor
+
+GLOBAL_KEYS = ("x_mean", "x_std", "y_mean", "y_std")
+
+
+def save(
+    path: str | Path, arch: str, config: dict[str, Any], params: Any, meta: dict[str, Any]
+) -> Path:
+    """Write a sequence checkpoint; ``meta`` must hold ``normalization``, ``name``, ``version``."""
+    full = {"family": "series", "arch": arch, "arch_config": config, **meta}
+    for key in ("normalization", "name", "version"):
+        if key not in full:
+            raise ValueError(f"series checkpoint metadata needs {key!r}")
+    full["window"] = int(config["window"])
+    full["input_shape"] = [full["window"]]
+    full["horizon"] = 1
+    return checkpoint.save(path, params, full)
+
+
+def load(path: str | Path) -> tuple[Any, dict[str, Any], Any]:
+    """Return ``(module, params, meta)``, checking the weights and the normalization."""
+    meta = checkpoint.load_meta(path)
+    if meta["family"] != "series":
+        raise checkpoint.CheckpointError(f"{path} holds a {meta['family']!r} model, not series")
+    try:
+        model = series.build(meta["arch"], meta["arch_config"])
+    except (ValueError, TypeError) as exc:
+        raise checkpoint.CheckpointError(f"{path}: {exc}") from None
+    norm = meta.get("normalization")
+    mode = norm.get("mode") if isinstance(norm, dict) else None
+    if mode not in ("global", "window") or (
+        mode == "global" and not all(isinstance(norm.get(k), int | float) for k in GLOBAL_KEYS)
+    ):
+        raise checkpoint.CheckpointError(
+            f"{path}: normalization must be {{'mode': 'window'}} or 'global' with {GLOBAL_KEYS}"
+        )
+    expected = jax.eval_shape(lambda: series.init_params(model))
+    params, meta = checkpoint.load(path, expected)
+    return model, params, meta
+
+
+def predictor_from_checkpoint(path: Path, max_batch: int = 256) -> Predictor:
+    """A compiled forecaster: ``(n, k)`` windows of raw values in, ``(n,)`` next values out."""
+    model, params, meta = load(path)
+    return Predictor(
+        series.make_forward(model, meta["normalization"]),
+        params,
+        item_shape=(model.window,),
+        name=meta["name"],
+        version=meta["version"],
+        max_batch=max_batch,
+        meta=meta,
+    )

@@ -1,0 +1,75 @@
+"""Save and load text-CNN checkpoints, and build their Predictor.
+
+The Predictor's input is int32 token ids of shape ``(max_len,)`` per message: tokenizing
+is Python string work that cannot be jitted, so it happens before the batch is formed
+(:func:`texts_to_ids`), with the vocabulary and length stored in ``meta["text"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from models import checkpoint, text, text_prep
+from models.predictor import Predictor
+
+
+def save(
+    path: str | Path, arch: str, config: dict[str, Any], params: Any, meta: dict[str, Any]
+) -> Path:
+    """Write a text checkpoint; ``meta`` must hold ``classes`` and the ``text`` block."""
+    full = {"family": "text", "arch": arch, "arch_config": config, **meta}
+    for key in ("classes", "text", "name", "version"):
+        if key not in full:
+            raise ValueError(f"text checkpoint metadata needs {key!r}")
+    full["input_shape"] = [full["text"]["max_len"]]
+    return checkpoint.save(path, params, full)
+
+
+def load(path: str | Path) -> tuple[Any, dict[str, Any], Any]:
+    """Return ``(module, params, meta)``, checking weights, vocabulary and classes."""
+    meta = checkpoint.load_meta(path)
+    if meta["family"] != "text":
+        raise checkpoint.CheckpointError(f"{path} holds a {meta['family']!r} model, not text")
+    try:
+        model = text.build(meta["arch"], meta["arch_config"])
+        vocab, max_len = text_prep.encoder_from_meta(meta)
+    except (ValueError, TypeError) as exc:
+        raise checkpoint.CheckpointError(f"{path}: {exc}") from None
+    if len(vocab) != model.vocab_size:
+        raise checkpoint.CheckpointError(
+            f"{path}: vocabulary of {len(vocab)} tokens for a model of {model.vocab_size}"
+        )
+    if len(meta.get("classes", [])) != model.num_classes:
+        raise checkpoint.CheckpointError(
+            f"{path}: {len(meta.get('classes', []))} class names for a "
+            f"{model.num_classes}-class model"
+        )
+    expected = jax.eval_shape(lambda: text.init_params(model, max_len))
+    params, meta = checkpoint.load(path, expected)
+    return model, params, meta
+
+
+def texts_to_ids(texts: Sequence[str], meta: dict[str, Any]) -> np.ndarray:
+    """Raw messages -> the ``(n, max_len)`` int32 ids a text Predictor takes."""
+    return text_prep.texts_to_ids(texts, meta)
+
+
+def predictor_from_checkpoint(path: Path, max_batch: int = 256) -> Predictor:
+    """A compiled text predictor: ``(n, max_len)`` token ids in, class probabilities out."""
+    model, params, meta = load(path)
+    return Predictor(
+        text.make_forward(model),
+        params,
+        item_shape=(meta["text"]["max_len"],),
+        item_kind="i",
+        name=meta["name"],
+        version=meta["version"],
+        labels=meta["classes"],
+        max_batch=max_batch,
+        meta=meta,
+    )
