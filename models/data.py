@@ -192,23 +192,22 @@ def activity_name(code: str) -> str:
 
 
 def _records(text_lines: Iterator[str], report: LoadReport, source: str, sep: str | None):
-    """Yield ``(line_no, record_text)``; ``sep`` splits several records on one line."""
+    """Yield ``(line_no, record_text, terminated)``; ``sep`` splits several records on one
+    line, and ``terminated`` says whether the record ended with ``sep``."""
     for line_no, raw in enumerate(text_lines, start=1):
         line = raw.strip()
         if not line:
             report._bad(source, line_no, "empty", raw)
             continue
         if sep is None:
-            yield line_no, line
+            yield line_no, line, True
             continue
         pieces = line.split(sep)
-        if pieces[-1].strip():
-            report.repaired["missing_semicolon"] += 1
-        for piece in pieces:
+        last = len(pieces) - 1
+        for i, piece in enumerate(pieces):
             piece = piece.strip()
-            if piece:
-                yield line_no, piece
-            # an empty piece after the last ';' is the normal terminator
+            if piece:  # an empty piece after the last separator is the normal terminator
+                yield line_no, piece, i < last
 
 
 def _sniff(path: Path) -> tuple[str, int, str]:
@@ -335,7 +334,7 @@ def _load_wisdm(fh, source: str, layout: str, report: LoadReport) -> list[Record
     n_fields = 5 if layout == "wisdm2019" else 6
     names = WISDM2019_ACTIVITIES if layout != "wisdm-v1.1" else WISDM_V11_ACTIVITIES
     builder = _Builder()
-    for line_no, rec in _records(fh, report, source, sep=";"):
+    for line_no, rec, terminated in _records(fh, report, source, sep=";"):
         report.records += 1
         fields = [f.strip() for f in rec.split(",")]
         if len(fields) != n_fields or not fields[0] or not fields[1]:
@@ -358,6 +357,8 @@ def _load_wisdm(fh, source: str, layout: str, report: LoadReport) -> list[Record
         label = names.get(fields[1], fields[1])
         builder.add(fields[0], None, t, xyz, label)
         report.samples += 1
+        if not terminated:
+            report.repaired["missing_semicolon"] += 1
     return builder.build(source, has_t=n_fields == 6, has_labels=True)
 
 
@@ -373,7 +374,7 @@ def _load_csv(fh, source: str, header_line: int, header: str, report: LoadReport
     has_t, has_labels = "t" in index, "label" in index
     default_subject = Path(source).stem
     builder = _Builder()
-    for line_no, rec in _records(fh, report, source, sep=None):
+    for line_no, rec, _ in _records(fh, report, source, sep=None):
         if line_no <= header_line:
             continue
         report.records += 1
