@@ -82,8 +82,11 @@ class Option:
 def add_options(parser: argparse._ActionsContainer, options: Sequence[Option]) -> None:
     """Add one flag per option; the help shows the default and the environment variable."""
     for opt in options:
-        shown = ",".join(opt.default) if isinstance(opt.default, list) else opt.default
-        help_text = f"{opt.help} (default: {shown}; env {opt.env})"
+        if opt.default is None:
+            help_text = f"{opt.help} (env {opt.env})"
+        else:
+            shown = ",".join(opt.default) if isinstance(opt.default, list) else opt.default
+            help_text = f"{opt.help} (default: {shown}; env {opt.env})"
         if opt.kind == "bool":
             parser.add_argument(
                 opt.flag,
@@ -149,3 +152,91 @@ def unknown_keys(toml: Mapping[str, Any], options: Sequence[Option]) -> list[str
     """TOML keys that no option uses (likely typos)."""
     names = {opt.name for opt in options}
     return sorted(k for k in toml if k not in names)
+
+
+SERVE_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "families",
+        "list",
+        None,
+        "model families to serve, comma-separated; unset serves every available one "
+        "(har,text,series); a family named here that is unavailable is an error",
+        "LIST",
+        ("har", "text", "series"),
+    ),
+    Option("model", "path", None, "HAR checkpoint directory (default: the shipped model)", "PATH"),
+    Option("text_model", "path", None, "text checkpoint (default: the shipped model)", "PATH"),
+    Option("series_model", "path", None, "series checkpoint (default: the shipped model)", "PATH"),
+    Option("prefix", "str", "har", "topic prefix: <prefix>/<id>/accel etc."),
+    Option("hop", "int", 20, "samples between consecutive windows of a device (1-80)", "N"),
+    Option(
+        "max_gap",
+        "float",
+        1.0,
+        "a timestamp jump longer than this restarts the device's window",
+        "SECONDS",
+    ),
+    Option("max_batch", "int", 128, "largest inference batch (power-of-two buckets)", "N"),
+    Option("max_wait_ms", "float", 2.0, "how long a batch waits for more windows", "MS"),
+    Option("queue_size", "int", 4096, "ready windows waiting for inference (oldest dropped)", "N"),
+    Option("max_devices", "int", 10000, "live device buffers per family (LRU evicted)", "N"),
+    Option("idle_ttl", "float", 300.0, "evict a device's buffer after this idle time", "SECONDS"),
+    Option("max_payload", "int", 65536, "largest accepted payload", "BYTES"),
+    Option("qos", "int", 1, "QoS of published predictions and errors", "0|1"),
+    Option("metrics_port", "int", None, "serve Prometheus metrics on this port", "PORT"),
+    Option("metrics_host", "str", "127.0.0.1", "address of the metrics endpoint", "HOST"),
+    Option(
+        "embedded_broker",
+        "bool",
+        True,
+        "without --broker, start an embedded broker on 127.0.0.1:1883 when none listens",
+    ),
+    Option("connect_timeout", "float", 30.0, "give up if no broker answers at start", "SECONDS"),
+    Option("log_json", "bool", False, "log one JSON object per line"),
+)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Settings of one ``harstream serve`` instance (see :data:`SERVE_OPTIONS` for meanings).
+
+    ``broker`` is a :class:`stream.connection.BrokerConfig`; None means the local default.
+    """
+
+    broker: Any = None
+    families: list[str] | None = None
+    model: Path | None = None
+    text_model: Path | None = None
+    series_model: Path | None = None
+    prefix: str = "har"
+    hop: int = 20
+    max_gap: float = 1.0
+    max_batch: int = 128
+    max_wait_ms: float = 2.0
+    queue_size: int = 4096
+    max_devices: int = 10000
+    idle_ttl: float = 300.0
+    max_payload: int = 65536
+    qos: int = 1
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    embedded_broker: bool = True
+    connect_timeout: float = 30.0
+    log_json: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.hop >= 1, f"hop must be >= 1, got {self.hop}"),
+            (self.max_gap > 0, f"max_gap must be > 0, got {self.max_gap}"),
+            (self.max_batch >= 1, f"max_batch must be >= 1, got {self.max_batch}"),
+            (self.max_wait_ms >= 0, f"max_wait_ms must be >= 0, got {self.max_wait_ms}"),
+            (self.queue_size >= 1, f"queue_size must be >= 1, got {self.queue_size}"),
+            (self.max_devices >= 1, f"max_devices must be >= 1, got {self.max_devices}"),
+            (self.idle_ttl > 0, f"idle_ttl must be > 0, got {self.idle_ttl}"),
+            (self.max_payload >= 16, f"max_payload must be >= 16, got {self.max_payload}"),
+            (self.qos in (0, 1), f"qos must be 0 or 1, got {self.qos}"),
+            (self.connect_timeout > 0, "connect_timeout must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)

@@ -15,3 +15,50 @@ def shared_data() -> Path:
     if not DATA_DIR.is_dir():
         pytest.skip(f"real data not found at {DATA_DIR}")
     return DATA_DIR
+
+
+# --- streaming service (issue 3): a real broker on a free loopback port, a HAR model ----------
+
+HAR_TEST_CLASSES = ["walking", "jogging", "stairs", "sitting", "standing", "kicking"]
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """An isolated MQTT broker on a free 127.0.0.1 port: ``.host``, ``.port``, ``.url``.
+
+    Mosquitto (with ``set_tcp_nodelay true``) when the binary is installed, else the
+    embedded amqtt broker. Never the machine's own broker on 1883.
+    """
+    from stream.broker import isolated_broker
+
+    with isolated_broker() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def har_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A HAR CNN checkpoint with random weights (until tests need the shipped one)."""
+    from models import har, har_checkpoint
+
+    path = tmp_path_factory.mktemp("har-model") / "har-cnn"
+    har_checkpoint.save(
+        path,
+        "har-cnn",
+        {"num_classes": len(HAR_TEST_CLASSES)},
+        har.init_params(har.HarCNN(num_classes=len(HAR_TEST_CLASSES)), seed=3),
+        {
+            "classes": HAR_TEST_CLASSES,
+            "normalization": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+            "name": "har-cnn",
+            "version": "test",
+        },
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def har_predictor(har_model_path: Path):
+    """The compiled predictor of ``har_model_path`` (buckets up to 64), shared by services."""
+    from models.registry import load_predictor
+
+    return load_predictor(har_model_path, family="har", max_batch=64)

@@ -1,0 +1,222 @@
+"""Per-device sample buffers: 20 Hz windows with hop, resampling, gaps and bounded device tables.
+
+:class:`WindowBuffer` turns a device's readings into model windows (80 x 3 at 20 Hz for
+HAR). It runs on the MQTT thread for every message, so it does plain float arithmetic
+on small Python lists and writes rows into one preallocated array; the only allocation per
+window is the copy handed to the inference worker.
+
+Time handling, per device:
+
+- Untimed readings at the model's rate are appended as they come; their window times are
+  the receive times.
+- Timestamped readings (and untimed ones at another declared ``rate_hz``, placed on a
+  virtual clock) are resampled onto a grid at the model's rate anchored at the device's
+  first timestamp, by linear interpolation between neighbouring readings. A reading within
+  1 ms of a grid point is taken as is, so a device that already sends 20 Hz with exact
+  timestamps passes through unchanged and ``window.end`` is the timestamp it sent.
+- A reading not after the previous one is dropped (``duplicate`` if equal, else
+  ``out_of_order``); a jump longer than ``max_gap_s`` discards the partial window
+  (``gap``, counting the discarded samples) and starts over, so no window spans a gap.
+  Switching between timed and untimed readings also starts over.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from stream.codec import Samples
+from stream.routes import Buffer, Sink
+
+SNAP_TOLERANCE_S = 0.001
+
+
+class WindowBuffer:
+    """Cuts ``window``-sample windows every ``hop`` samples at ``rate_hz`` from one device."""
+
+    __slots__ = (
+        "_sink",
+        "_window",
+        "_hop",
+        "_rate",
+        "_dt",
+        "_max_gap",
+        "_x",
+        "_stamps",
+        "_n",
+        "_seq",
+        "_timed",
+        "_prev_t",
+        "_prev",
+        "_anchor",
+        "_k",
+    )
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        window: int = 80,
+        axes: int = 3,
+        hop: int = 20,
+        rate_hz: float = 20.0,
+        max_gap_s: float = 1.0,
+    ) -> None:
+        if not 1 <= hop <= window:
+            raise ValueError(f"hop must be between 1 and the window length {window}, got {hop}")
+        if max_gap_s <= 0:
+            raise ValueError(f"max_gap_s must be > 0, got {max_gap_s}")
+        self._sink = sink
+        self._window = window
+        self._hop = hop
+        self._rate = rate_hz
+        self._dt = 1.0 / rate_hz
+        self._max_gap = max_gap_s
+        self._x = np.zeros((window, axes), np.float32)
+        self._stamps = np.zeros(window, np.float64)
+        self._n = 0
+        self._seq = 0
+        self._timed: bool | None = None
+        self._prev_t: float | None = None
+        self._prev: list[float] | None = None
+        self._anchor = 0.0
+        self._k = 0
+
+    def push(self, value: Samples, wall: float, mono: float) -> int:
+        """Add one message's readings; returns how many were accepted."""
+        timed = value.times is not None
+        if self._timed is not None and timed != self._timed:
+            self._restart()
+        self._timed = timed
+        if timed:
+            return self._resample(value.times, value.xyz, None, mono, check_gaps=True)
+        if value.rate_hz == self._rate:
+            self._prev_t = None  # readings are on the grid already: nothing to interpolate
+            for row in value.xyz:
+                self._append(row, wall, mono)
+            return len(value.xyz)
+        base = 0.0 if self._prev_t is None else self._prev_t
+        step = 1.0 / value.rate_hz
+        times = [base + (i + 1) * step for i in range(len(value.xyz))]
+        return self._resample(times, value.xyz, wall, mono, check_gaps=False)
+
+    def _restart(self) -> None:
+        if self._n:
+            self._sink.drop("gap", self._n)
+        self._n = 0
+        self._prev_t = None
+        self._prev = None
+
+    def _resample(
+        self,
+        times: list[float],
+        xyz: list[list[float]],
+        stamp: float | None,
+        mono: float,
+        *,
+        check_gaps: bool,
+    ) -> int:
+        dt, tol = self._dt, SNAP_TOLERANCE_S
+        accepted = 0
+        for t, row in zip(times, xyz, strict=True):
+            prev_t = self._prev_t
+            if prev_t is not None:
+                if t <= prev_t:
+                    self._sink.drop("duplicate" if t == prev_t else "out_of_order")
+                    continue
+                if check_gaps and t - prev_t > self._max_gap:
+                    self._restart()
+                    prev_t = None
+            accepted += 1
+            if prev_t is None:
+                self._anchor, self._k = t, 1
+                self._append(row, t if stamp is None else stamp, mono)
+            else:
+                prev = self._prev
+                g = self._anchor + self._k * dt
+                while g <= t + tol:
+                    if g >= t - tol:
+                        self._append(row, t if stamp is None else stamp, mono)
+                    else:
+                        w = (g - prev_t) / (t - prev_t)
+                        point = [p + w * (c - p) for p, c in zip(prev, row, strict=True)]
+                        self._append(point, g if stamp is None else stamp, mono)
+                    self._k += 1
+                    g = self._anchor + self._k * dt
+            self._prev_t, self._prev = t, row
+        return accepted
+
+    def _append(self, row: list[float], stamp: float, mono: float) -> None:
+        n = self._n
+        self._x[n] = row
+        self._stamps[n] = stamp
+        n += 1
+        if n == self._window:
+            self._seq += 1
+            info = (float(self._stamps[0]), float(self._stamps[n - 1]), self._seq)
+            self._sink.emit(self._x.copy(), info, mono)
+            keep = n - self._hop
+            self._x[:keep] = self._x[self._hop :]
+            self._stamps[:keep] = self._stamps[self._hop :]
+            n = keep
+        self._n = n
+
+
+class BufferTable:
+    """One route's per-id buffers: at most ``max_ids``, idle ones evicted after ``ttl_s``.
+
+    When full, the least recently seen id is evicted to make room (``on_evict("capacity")``);
+    ids idle for longer than ``ttl_s`` go on :meth:`evict_idle` (``on_evict("idle")``).
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[str], Buffer],
+        *,
+        max_ids: int,
+        ttl_s: float,
+        on_evict: Callable[[str, str], None],
+    ) -> None:
+        if max_ids < 1 or ttl_s <= 0:
+            raise ValueError("max_ids must be >= 1 and ttl_s > 0")
+        self._factory = factory
+        self._max = max_ids
+        self._ttl = ttl_s
+        self._on_evict = on_evict
+        self._items: OrderedDict[str, list[Any]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, device_id: str) -> bool:
+        return device_id in self._items
+
+    def get(self, device_id: str, now: float) -> Buffer:
+        """The buffer of ``device_id`` (created on first use), marked as seen at ``now``."""
+        entry = self._items.get(device_id)
+        if entry is None:
+            if len(self._items) >= self._max:
+                old, _ = self._items.popitem(last=False)
+                self._on_evict(old, "capacity")
+            entry = [self._factory(device_id), now]
+            self._items[device_id] = entry
+        else:
+            self._items.move_to_end(device_id)
+            entry[1] = now
+        return entry[0]
+
+    def evict_idle(self, now: float) -> int:
+        """Drop ids not seen for ``ttl_s``; returns how many went."""
+        gone = 0
+        limit = now - self._ttl
+        while self._items:
+            device_id, entry = next(iter(self._items.items()))
+            if entry[1] >= limit:
+                break
+            del self._items[device_id]
+            self._on_evict(device_id, "idle")
+            gone += 1
+        return gone

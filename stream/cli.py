@@ -1,0 +1,117 @@
+"""``harstream serve``: flags, environment, TOML file, signals and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+from collections.abc import Mapping
+
+from stream.config import (
+    SERVE_OPTIONS,
+    ConfigError,
+    ServeConfig,
+    add_options,
+    load_toml,
+    resolve,
+    unknown_keys,
+)
+from stream.connection import BROKER_OPTIONS, add_broker_arguments, broker_config, default_client_id
+
+log = logging.getLogger("stream.serve")
+
+DESCRIPTION = """\
+Serve activity recognition (and the text and series families) over MQTT.
+
+Devices publish accelerometer readings to <prefix>/<id>/accel (JSON or the binary form);
+the service answers each 80-sample window on <prefix>/<id>/activity, reports bad input on
+<prefix>/<id>/errors and keeps a retained online/offline status on <prefix>/service/status.
+Settings come from flags, then HARSTREAM_* environment variables, then the TOML file of
+--config (keys named like the flags: max_batch = 64), then the defaults shown.
+Without --broker it uses 127.0.0.1:1883 and starts an embedded broker there when nothing
+listens (--no-embedded-broker turns that off). SIGINT/SIGTERM finish queued windows,
+publish 'offline' and exit 0.
+"""
+
+EPILOG = """\
+examples:
+  harstream serve                                   # local broker, or an embedded one
+  harstream serve --broker mqtt://broker:1883 --families har --metrics-port 9108
+  harstream serve --broker mqtts://user@broker:8883 --ca-file ca.pem --model ckpt/har-cnn
+  HARSTREAM_MAX_BATCH=64 harstream serve --config serve.toml
+"""
+
+
+def register(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """Add ``serve`` to the top-level ``harstream`` command."""
+    parser = groups[""].add_parser(
+        "serve",
+        help="run the real-time MQTT service",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", default=None, help="TOML settings file (env HARSTREAM_CONFIG)"
+    )
+    add_options(parser.add_argument_group("service"), SERVE_OPTIONS)
+    add_broker_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> ServeConfig:
+    """The ServeConfig of parsed ``serve`` arguments (flags > env > TOML > defaults)."""
+    env = os.environ if env is None else env
+    toml = load_toml(args.config or env.get("HARSTREAM_CONFIG"))
+    unknown = unknown_keys(toml, (*SERVE_OPTIONS, *BROKER_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown keys in the config file: {', '.join(unknown)}")
+    values = resolve(SERVE_OPTIONS, args, toml, env)
+    broker = broker_config(args, default_client_id=default_client_id("serve"), toml=toml, env=env)
+    return ServeConfig(broker=broker, **values)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import orjson
+
+        doc = {
+            "time": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc).decode()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``harstream serve``; returns the exit status."""
+    from models.checkpoint import CheckpointError
+    from stream.routes import RouteUnavailable
+    from stream.service import Service
+
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        log.error("invalid configuration: %s", exc)
+        return 2
+    if config.log_json:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
+    service = Service(config)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _signum, _frame: service.request_stop())
+    try:
+        service.start()
+    except (ConfigError, RouteUnavailable, CheckpointError, ConnectionError, ValueError) as exc:
+        log.error("cannot start: %s", exc)
+        service.stop()
+        return 1
+    service.wait()
+    service.stop()
+    return 0

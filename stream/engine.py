@@ -1,0 +1,173 @@
+"""The inference worker: a bounded ready queue, batching across ids, one jitted call, publish.
+
+One :class:`InferenceWorker` serves one route. Buffers on the MQTT thread hand ready
+inputs to it through a :class:`DeviceSink`; the worker waits for the first input, gathers
+whatever else arrives within ``max_wait_s`` (up to ``max_batch``), stacks the batch into a
+preallocated array, runs ``predictor.predict_valid`` once (pre-compiled power-of-two
+buckets) and publishes one encoded result per input.
+
+When the queue is full the OLDEST waiting input is dropped (its prediction would be the
+stalest), counted as ``harstream_drops_total{reason="queue_full"}`` and logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from stream.metrics import FamilyMetrics
+from stream.routes import Route
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes], None]
+
+
+class Ready(NamedTuple):
+    """One model input waiting for inference."""
+
+    device: str
+    x: np.ndarray
+    info: Any
+    received: float  # time.perf_counter() when the input's last sample arrived
+
+
+_STOP = object()
+
+
+class InferenceWorker:
+    """Batches one route's ready inputs from all ids into single predictor calls."""
+
+    def __init__(
+        self,
+        route: Route,
+        publish: Publish,
+        metrics: FamilyMetrics,
+        *,
+        prefix: str,
+        max_wait_s: float = 0.002,
+        queue_size: int = 4096,
+    ) -> None:
+        if queue_size < 1 or max_wait_s < 0:
+            raise ValueError("queue_size must be >= 1 and max_wait_s >= 0")
+        self.route = route
+        self._publish = publish
+        self._metrics = metrics
+        self._out_prefix = prefix + "/"
+        self._out_suffix = "/" + route.out_suffix
+        self._max_wait = max_wait_s
+        self._queue: queue.Queue[Any] = queue.Queue(queue_size)
+        predictor = route.predictor
+        self._max_batch = predictor.max_batch
+        self._batch = np.zeros((self._max_batch, *predictor.item_shape), predictor.dtype)
+        self._dropped = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"harstream-infer-{route.family}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, item: Ready) -> None:
+        """Queue an input without blocking the MQTT thread; drop the oldest when full."""
+        try:
+            self._queue.put_nowait(item)
+            return
+        except queue.Full:
+            pass
+        with contextlib.suppress(queue.Empty):
+            self._queue.get_nowait()
+        self._dropped += 1
+        self._metrics.drop("queue_full")
+        if self._dropped == 1 or self._dropped % 1000 == 0:
+            log.warning(
+                "event=queue_full family=%s dropped_total=%d: inference cannot keep up; "
+                "dropping the oldest waiting windows (raise --max-batch or add capacity)",
+                self.route.family,
+                self._dropped,
+            )
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:  # another producer refilled it; this item is the one dropped
+            self._metrics.drop("queue_full")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish every queued input, publish its result, then end the thread."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        while True:
+            item = get()
+            if item is _STOP:
+                return
+            items = [item]
+            stopping = False
+            deadline = time.perf_counter() + self._max_wait
+            while len(items) < self._max_batch:
+                try:
+                    item = get_nowait()
+                except queue.Empty:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = get(timeout=remaining)
+                    except queue.Empty:
+                        break
+                if item is _STOP:
+                    stopping = True
+                    break
+                items.append(item)
+            try:
+                self._infer(items)
+            except Exception:  # a broken batch must not kill the worker
+                log.exception("event=inference_failed family=%s", self.route.family)
+                self._metrics.error("inference")
+            if stopping:
+                return
+
+    def _infer(self, items: list[Ready]) -> None:
+        n = len(items)
+        batch = self._batch
+        for i, item in enumerate(items):
+            batch[i] = item.x
+        m = self._metrics
+        start = time.perf_counter()
+        outputs = self.route.predictor.predict_valid(batch[:n])
+        m.inference_seconds.observe(time.perf_counter() - start)
+        m.batch_size.observe(n)
+        m.windows.inc(n)
+        encode, predictor = self.route.encode, self.route.predictor
+        for item, row in zip(items, outputs, strict=True):
+            latency = time.perf_counter() - item.received
+            payload = encode(item.device, item.info, row, predictor, latency * 1000.0)
+            self._publish(self._out_prefix + item.device + self._out_suffix, payload)
+            m.latency_seconds.observe(latency)
+        m.predictions.inc(n)
+
+
+class DeviceSink:
+    """What a device's buffer sees of the engine: ``emit`` ready inputs, report ``drop``s."""
+
+    __slots__ = ("_device", "_submit", "_metrics")
+
+    def __init__(self, device: str, worker: InferenceWorker, metrics: FamilyMetrics) -> None:
+        self._device = device
+        self._submit = worker.submit
+        self._metrics = metrics
+
+    def emit(self, x: np.ndarray, info: Any, received: float) -> None:
+        self._submit(Ready(self._device, x, info, received))
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self._metrics.drop(reason, n)

@@ -1,0 +1,377 @@
+"""The running service: routes + MQTT client + inference workers + metrics, start to stop.
+
+:class:`Service` runs in-process (``with Service(config) as svc: ...`` or ``start()`` /
+``stop()``), which is how ``harstream serve``, the demo, the benchmark and the tests use it.
+
+Lifecycle:
+
+- start: build the routes (loading and pre-compiling models), start an embedded broker if
+  none is configured or listening, connect with a persistent session and a stable client
+  id, subscribe QoS 1 to ``<prefix>/+/<suffix>`` of every route, publish the retained
+  ``online`` status (the ``offline`` one is the last will);
+- messages: ``on_message`` decodes and appends to the id's buffer, nothing more; ready
+  inputs go to the route's inference worker. Messages are acknowledged after that, so
+  on shutdown the ones not taken are redelivered to the next session;
+- reconnects: paho reconnects with backoff; ``on_connect`` resubscribes; buffers stay;
+- stop: stop taking messages (unacknowledged ones stay with the broker), finish and
+  publish every queued window, publish ``offline``, disconnect (keeping the session).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from stream import contract
+from stream.broker import EmbeddedBroker, is_listening
+from stream.buffers import BufferTable
+from stream.codec import error_payload
+from stream.config import ConfigError, ServeConfig
+from stream.connection import BrokerConfig, connect, make_client
+from stream.engine import DeviceSink, InferenceWorker
+from stream.metrics import FamilyMetrics, ServiceMetrics
+from stream.routes import (
+    ROUTE_BUILDERS,
+    PayloadError,
+    Route,
+    RouteUnavailable,
+    available_families,
+    build_route,
+)
+
+log = logging.getLogger(__name__)
+
+EVICT_EVERY_S = 1.0
+
+
+@dataclass
+class _Served:
+    """A route with its worker, buffers and metrics, as the MQTT thread uses them."""
+
+    route: Route
+    worker: InferenceWorker
+    table: BufferTable
+    metrics: FamilyMetrics
+
+
+def build_routes(config: ServeConfig, predictors: dict[str, Any] | None = None) -> list[Route]:
+    """The routes of ``config.families``; with no families given, every available one.
+
+    An explicitly requested family that cannot be built raises; under the default, an
+    unavailable family (no route module or no shipped model) is skipped with a log line.
+    """
+    predictors = predictors or {}
+    explicit = config.families is not None
+    families = list(config.families) if explicit else list(ROUTE_BUILDERS)
+    unknown = [f for f in families if f not in ROUTE_BUILDERS]
+    if unknown:
+        raise ConfigError(f"unknown families {unknown}; expected some of {sorted(ROUTE_BUILDERS)}")
+    if not families:
+        raise ConfigError("no families to serve")
+    available = set(available_families())
+    routes = []
+    for family in families:
+        if family not in available and not explicit:
+            log.info("event=family_skipped family=%s reason='route module not installed'", family)
+            continue
+        try:
+            routes.append(build_route(family, config, predictors.get(family)))
+        except RouteUnavailable as exc:
+            if explicit:
+                raise
+            log.info("event=family_skipped family=%s reason=%r", family, str(exc))
+    if not routes:
+        raise RouteUnavailable(
+            "no model family could be loaded; give --model PATH for a HAR checkpoint"
+        )
+    return routes
+
+
+class Service:
+    """One ``harstream serve`` instance, runnable in a thread of any Python process."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        *,
+        routes: list[Route] | None = None,
+        predictors: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.prefix = contract.check_prefix(config.prefix)
+        self.broker_config: BrokerConfig = config.broker or BrokerConfig()
+        self.metrics = ServiceMetrics()
+        self.metrics_port: int | None = None
+        self.embedded_broker: EmbeddedBroker | None = None
+        self._routes = routes
+        self._predictors = predictors
+        self._served: dict[str, _Served] = {}
+        self._client: Any = None
+        self._closing = False
+        self._started = False
+        self._subscribed = threading.Event()
+        self._pending_sub: set[int] = set()
+        self._stop_requested = threading.Event()
+        self._next_evict = 0.0
+        self._prefix_slash = self.prefix + "/"
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> Service:
+        """Load models, connect, subscribe; returns once subscribed (or raises)."""
+        routes = self._routes or build_routes(self.config, self._predictors)
+        cfg = self.broker_config
+        if not cfg.explicit and not is_listening(cfg.host, cfg.port):
+            if not self.config.embedded_broker:
+                log.warning(
+                    "event=no_broker url=%s: nothing listens and the embedded broker is off; "
+                    "retrying until one appears",
+                    cfg.url,
+                )
+            else:
+                self.embedded_broker = EmbeddedBroker(cfg.host, cfg.port)
+                self.embedded_broker.start()
+                if cfg.mqtt_version != "3.1.1":
+                    cfg = self.broker_config = replace(cfg, mqtt_version="3.1.1")
+                log.info(
+                    "event=embedded_broker url=%s: no broker was listening, started the "
+                    "embedded amqtt broker (MQTT 3.1.1); use Mosquitto for production",
+                    cfg.url,
+                )
+        for route in routes:
+            if route.suffix in (r.route.suffix for r in self._served.values()):
+                raise ConfigError(f"two routes use the topic suffix {route.suffix!r}")
+            fm = self.metrics.family(route.family)
+            worker = InferenceWorker(
+                route,
+                self._publish,
+                fm,
+                prefix=self.prefix,
+                max_wait_s=self.config.max_wait_ms / 1000.0,
+                queue_size=self.config.queue_size,
+            )
+            table = BufferTable(
+                self._buffer_factory(route, worker, fm),
+                max_ids=self.config.max_devices,
+                ttl_s=self.config.idle_ttl,
+                on_evict=self._evict_hook(fm),
+            )
+            self._served[route.suffix] = _Served(route, worker, table, fm)
+            worker.start()
+        self._client = make_client(
+            cfg,
+            persistent=True,
+            will=(self.status_topic, self._status("offline"), 1, True),
+            manual_ack=True,
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        self._started = True
+        connect(self._client, cfg, persistent=True)
+        if not self._subscribed.wait(self.config.connect_timeout):
+            self.stop()
+            raise ConnectionError(
+                f"could not connect and subscribe to the MQTT broker at {cfg.url} within "
+                f"{self.config.connect_timeout:g} s; is it running? (see --broker)"
+            )
+        if self.config.metrics_port is not None:
+            host = self.config.metrics_host
+            self.metrics_port = self.metrics.serve(self.config.metrics_port, host)
+            log.info("event=metrics url=http://%s:%d/metrics", host, self.metrics_port)
+        log.info(
+            "event=serving broker=%s client_id=%s families=%s models=%s hop=%d max_batch=%d",
+            cfg.url,
+            cfg.client_id,
+            ",".join(s.route.family for s in self._served.values()),
+            ",".join(s.route.predictor.tag for s in self._served.values()),
+            self.config.hop,
+            self.config.max_batch,
+        )
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking messages, finish queued windows, publish ``offline``, disconnect."""
+        if not self._started:
+            return
+        self._started = False
+        self._closing = True
+        for served in self._served.values():
+            served.worker.stop(timeout)
+        client = self._client
+        if client is not None and client.is_connected():
+            info = client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=min(timeout, 5.0))
+            except (RuntimeError, ValueError) as exc:
+                log.warning("event=offline_not_confirmed error=%s", exc)
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+        self.metrics.close()
+        if self.embedded_broker is not None:
+            self.embedded_broker.stop()
+            self.embedded_broker = None
+        self._stop_requested.set()
+        log.info("event=stopped")
+
+    def request_stop(self) -> None:
+        """Ask :meth:`wait` to return (safe from signal handlers)."""
+        self._stop_requested.set()
+
+    def wait(self) -> None:
+        """Block until :meth:`request_stop` (or :meth:`stop`) is called."""
+        while not self._stop_requested.wait(0.5):
+            pass
+
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---------------------------------------------------------------- status
+
+    @property
+    def status_topic(self) -> str:
+        return contract.status_topic(self.prefix)
+
+    @property
+    def routes(self) -> list[Route]:
+        return [s.route for s in self._served.values()]
+
+    def _status(self, state: str) -> bytes:
+        return orjson.dumps(
+            {
+                "status": state,
+                "models": {s.route.family: s.route.predictor.tag for s in self._served.values()},
+                "topics": {
+                    s.route.family: {
+                        "in": contract.subscription(self.prefix, s.route.suffix),
+                        "out": contract.subscription(self.prefix, s.route.out_suffix),
+                    }
+                    for s in self._served.values()
+                },
+                "client_id": self.broker_config.client_id,
+                "time": time.time(),
+            }
+        )
+
+    # ---------------------------------------------------------------- MQTT callbacks
+
+    def _on_connect(self, client: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.error("event=connect_refused broker=%s reason=%s", self.broker_config.url, reason)
+            return
+        self.metrics.connects.inc()
+        log.info(
+            "event=connected broker=%s session_present=%s",
+            self.broker_config.url,
+            flags.session_present,
+        )
+        topics = [(contract.subscription(self.prefix, suffix), 1) for suffix in self._served]
+        _rc, mid = client.subscribe(topics)
+        self._pending_sub.add(mid)
+        client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
+        failed = [r for r in reasons if r.is_failure]
+        if failed:
+            log.error("event=subscribe_refused reasons=%s", failed)
+            return
+        if mid in self._pending_sub:
+            self._pending_sub.discard(mid)
+            self._subscribed.set()
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if not self._closing:
+            url = self.broker_config.url
+            log.warning("event=disconnected broker=%s reason=%s; reconnecting", url, reason)
+
+    def _on_message(self, client: Any, _userdata: Any, msg: Any) -> None:
+        if self._closing:
+            return  # not acknowledged: the broker redelivers it to our next session
+        try:
+            self._handle(msg)
+        except Exception:  # never let one message take the service down
+            log.exception("event=handler_failed topic=%r", msg.topic)
+        if msg.qos:
+            client.ack(msg.mid, msg.qos)
+
+    def _handle(self, msg: Any) -> None:
+        topic = msg.topic
+        if not topic.startswith(self._prefix_slash):
+            return
+        device, _, suffix = topic[len(self._prefix_slash) :].partition("/")
+        served = self._served.get(suffix)
+        if served is None:
+            return
+        fm = served.metrics
+        fm.messages.inc()
+        if not contract.is_valid_id(device):
+            message = f"invalid id {device[:80]!r}: use {contract.ID_RULE}"
+            self._report(served, device, "invalid_id", message, topic)
+            return
+        payload = msg.payload
+        if len(payload) > self.config.max_payload:
+            self._report(
+                served,
+                device,
+                "oversize",
+                f"payload of {len(payload)} bytes exceeds the limit of {self.config.max_payload}",
+                topic,
+            )
+            return
+        props = msg.properties
+        content_type = getattr(props, "ContentType", None) if props is not None else None
+        mono = time.perf_counter()
+        try:
+            value = served.route.decode(payload, content_type)
+            count = served.table.get(device, mono).push(value, time.time(), mono)
+        except PayloadError as exc:
+            self._report(served, device, exc.kind, exc.message, topic)
+            return
+        fm.samples.inc(count)
+        if mono >= self._next_evict:
+            self._next_evict = mono + EVICT_EVERY_S
+            for s in self._served.values():
+                s.table.evict_idle(mono)
+                s.metrics.devices.set(len(s.table))
+
+    def _report(self, served: _Served, device: str, kind: str, message: str, topic: str) -> None:
+        served.metrics.error(kind)
+        if not device or len(device) > 256:
+            log.warning(
+                "event=bad_input kind=%s topic=%r: %s (no id to reply to)",
+                kind,
+                topic[:300],
+                message,
+            )
+            return
+        log.debug("event=bad_input kind=%s device=%s: %s", kind, device, message)
+        payload = error_payload(device, kind, message, topic)
+        self._publish(contract.errors_topic(self.prefix, device), payload)
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        self._client.publish(topic, payload, qos=self.config.qos)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _buffer_factory(self, route: Route, worker: InferenceWorker, fm: FamilyMetrics) -> Any:
+        def factory(device: str) -> Any:
+            return route.new_buffer(device, DeviceSink(device, worker, fm))
+
+        return factory
+
+    def _evict_hook(self, fm: FamilyMetrics) -> Any:
+        def on_evict(device: str, reason: str) -> None:
+            fm.evicted(reason)
+            log.debug("event=evicted family=%s device=%s reason=%s", fm.family, device, reason)
+
+        return on_evict

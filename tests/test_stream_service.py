@@ -1,0 +1,374 @@
+"""The service end to end through a real MQTT broker on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream.broker import EmbeddedBroker, MosquittoBroker, free_port, is_listening, mosquitto_binary
+from stream.codec import encode_binary
+from stream.config import ServeConfig
+from stream.connection import BrokerConfig, connect, make_client
+from stream.service import Service
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = 1_700_000_000.0
+WAIT = 20.0
+
+
+def mqtt_version(broker) -> str:
+    return "3.1.1" if broker.kind == "amqtt" else "5"
+
+
+class Client:
+    """A test device and observer: publishes QoS 1, records everything under a prefix."""
+
+    def __init__(self, host: str, port: int, prefix: str, version: str = "5") -> None:
+        self.prefix = prefix
+        self.messages: dict[str, list[bytes]] = defaultdict(list)
+        self._cond = threading.Condition()
+        cfg = BrokerConfig(
+            host=host, port=port, mqtt_version=version, client_id=f"test-{uuid.uuid4().hex[:10]}"
+        )
+        self._subscribed = threading.Event()
+        self.client = make_client(cfg, persistent=False)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        connect(self.client, cfg, persistent=False)
+        assert self._subscribed.wait(WAIT), "test client could not subscribe"
+
+    def _on_connect(self, client, *_args) -> None:
+        client.subscribe(f"{self.prefix}/#", qos=1)
+
+    def _on_message(self, _client, _userdata, msg) -> None:
+        with self._cond:
+            self.messages[msg.topic].append(msg.payload)
+            self._cond.notify_all()
+
+    def publish(self, device: str, payload, suffix: str = "accel") -> None:
+        if not isinstance(payload, bytes):
+            payload = json.dumps(payload).encode()
+        self.client.publish(f"{self.prefix}/{device}/{suffix}", payload, qos=1)
+
+    def samples(self, device: str, start: int, n: int, t0: float = T0, rate: float = 20.0):
+        """Publish ``n`` single timestamped samples, indices ``start..start+n-1``."""
+        for i in range(start, start + n):
+            self.publish(device, {"x": float(i % 7), "y": 1.0, "z": 9.8, "t": t0 + i / rate})
+
+    def json_of(self, device: str, suffix: str = "activity") -> list[dict]:
+        with self._cond:
+            return [json.loads(p) for p in self.messages[f"{self.prefix}/{device}/{suffix}"]]
+
+    def wait_for(self, device: str, count: int, suffix: str = "activity") -> list[dict]:
+        topic = f"{self.prefix}/{device}/{suffix}"
+        with self._cond:
+            ok = self._cond.wait_for(lambda: len(self.messages[topic]) >= count, WAIT)
+        got = self.json_of(device, suffix)
+        assert ok, f"expected {count} messages on {topic}, got {len(got)}: {got[-3:]}"
+        return got
+
+    def settle(self, seconds: float = 0.4) -> None:
+        """Give stray extra messages a chance to arrive before asserting exact counts."""
+        time.sleep(seconds)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def serve(broker, har_predictor, prefix):
+    """Start services on the session broker (same prefix as the test); stopped at teardown."""
+    started: list[Service] = []
+
+    def start(**overrides) -> Service:
+        broker_cfg = BrokerConfig(
+            host=broker.host,
+            port=broker.port,
+            mqtt_version=mqtt_version(broker),
+            client_id=overrides.pop("client_id", f"serve-{prefix}"),
+            explicit=True,
+        )
+        config = ServeConfig(broker=broker_cfg, prefix=prefix, max_batch=64, **overrides)
+        service = Service(config, predictors={"har": har_predictor}).start()
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+@pytest.fixture
+def device(broker, prefix):
+    client = Client(broker.host, broker.port, prefix, mqtt_version(broker))
+    yield client
+    client.close()
+
+
+def test_80_samples_give_exactly_one_prediction_with_the_contract_fields(serve, device):
+    serve(families=["har"])
+    device.samples("watch-1", 0, 80)
+    (pred,) = device.wait_for("watch-1", 1)
+    device.settle()
+    assert len(device.json_of("watch-1")) == 1
+    assert pred["device"] == "watch-1"
+    assert pred["activity"] in pred["probs"] and len(pred["probs"]) == 6
+    assert pred["confidence"] == pytest.approx(max(pred["probs"].values()))
+    assert sum(pred["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert pred["window"] == {"start": T0, "end": T0 + 79 / 20, "samples": 80}
+    assert pred["model"] == "har-cnn@test"
+    assert pred["seq"] == 1
+    assert 0 <= pred["latency_ms"] < 60_000
+
+
+def test_hop_sets_the_prediction_rate(serve, device):
+    serve(hop=20)
+    device.publish("p", {"samples": [[1.0, 2.0, 3.0]] * 160, "t0": T0})
+    preds = device.wait_for("p", 5)
+    device.settle()
+    preds = device.json_of("p")
+    assert [p["seq"] for p in preds] == [1, 2, 3, 4, 5]
+    assert [p["window"]["start"] for p in preds] == [T0 + k for k in range(5)]
+
+
+def test_many_devices_are_batched_and_metrics_are_served(serve, device):
+    service = serve(max_wait_ms=50.0, metrics_port=0)
+    devices = [f"dev-{i}" for i in range(60)]
+    rng = np.random.default_rng(0)
+    for d in devices:
+        device.publish(d, {"samples": rng.normal(size=(80, 3)).round(3).tolist()})
+    for d in devices:
+        device.wait_for(d, 1)
+    m = service.metrics
+    count = m.value("harstream_inference_batch_size_count", family="har")
+    singles = m.value("harstream_inference_batch_size_bucket", family="har", le="1.0")
+    assert m.value("harstream_inference_batch_size_sum", family="har") == 60
+    assert singles < count, "every window was classified alone: nothing was batched"
+    body = urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/metrics").read()
+    for name in (
+        "harstream_messages_total",
+        "harstream_samples_total",
+        "harstream_windows_classified_total",
+        "harstream_predictions_total",
+        "harstream_latency_seconds_bucket",
+        "harstream_inference_seconds_bucket",
+        "harstream_devices_active",
+    ):
+        assert name.encode() in body, name
+
+
+def test_50hz_stream_is_resampled_to_20hz(serve, device):
+    serve()
+    n = 200  # 3.98 s at 50 Hz -> 80 samples at 20 Hz (0 .. 3.95 s)
+    ramp = [[i / 50, 0.0, 9.8] for i in range(n)]
+    device.publish("phone", {"samples": ramp, "rate_hz": 50, "t0": T0})
+    device.publish("phone-bin", encode_binary(ramp, rate_hz=50, t0=T0))
+    for d in ("phone", "phone-bin"):
+        (pred,) = device.wait_for(d, 1)
+        assert pred["window"] == {"start": T0, "end": T0 + 3.95, "samples": 80}
+    device.settle()
+    assert len(device.json_of("phone")) == 1
+
+
+def test_a_time_gap_restarts_the_window(serve, device):
+    service = serve()
+    device.samples("gappy", 0, 60)
+    device.samples("gappy", 200, 80)  # 7 s later
+    (pred,) = device.wait_for("gappy", 1)
+    device.settle()
+    assert len(device.json_of("gappy")) == 1
+    assert pred["window"]["start"] == T0 + 10.0
+    assert service.metrics.value("harstream_drops_total", family="har", reason="gap") == 60
+
+
+BAD_INPUTS = [
+    ("malformed", b'{"x": 1, "y":', "malformed_json"),
+    ("types", b'{"x": "1", "y": 2, "z": 3}', "wrong_type"),
+    ("axes", b'{"x": 1, "y": 2}', "missing_axes"),
+    ("rows", b"[[1, 2], [3, 4]]", "missing_axes"),
+    ("nan-json", b'{"x": NaN, "y": 2, "z": 3}', "non_finite"),
+    ("nan-bin", encode_binary([[np.nan, 0, 0]]), "non_finite"),
+    ("big", b"[" + b"[1,2,3]," * 700 + b"[1,2,3]]", "oversize"),
+    ("garbage", bytes(range(256)) * 2, "binary_garbage"),
+    ("truncated", encode_binary([[1, 2, 3]] * 4)[:-5], "binary_garbage"),
+    ("empty", b"", "empty"),
+]
+
+
+def test_every_bad_input_is_reported_and_the_device_keeps_working(serve, device, prefix):
+    service = serve(max_payload=4096)
+    device.samples("bystander", 0, 40)
+    for name, payload, kind in BAD_INPUTS:
+        device.publish(name, payload)
+        (err,) = device.wait_for(name, 1, "errors")
+        assert err["error"] == kind, (name, err)
+        assert err["device"] == name and err["message"]
+        device.samples(name, 0, 80)
+        (pred,) = device.wait_for(name, 1)
+        assert pred["window"]["samples"] == 80
+    for bad_id in ("bad id!", "x" * 65):
+        device.publish(bad_id, {"x": 1, "y": 2, "z": 3})
+        (err,) = device.wait_for(bad_id, 1, "errors")
+        assert err["error"] == "invalid_id"
+    device.samples("bystander", 40, 40)
+    (pred,) = device.wait_for("bystander", 1)
+    assert pred["window"]["start"] == T0
+    m = service.metrics
+    for _, _, kind in BAD_INPUTS:
+        assert m.value("harstream_errors_total", family="har", kind=kind) >= 1, kind
+    assert m.value("harstream_errors_total", family="har", kind="invalid_id") == 2
+
+
+def test_out_of_order_and_duplicate_samples_are_dropped_and_counted(serve, device):
+    service = serve()
+    device.samples("jitter", 0, 50)
+    device.samples("jitter", 49, 1)  # duplicate
+    device.samples("jitter", 10, 1)  # out of order
+    device.samples("jitter", 50, 30)
+    (pred,) = device.wait_for("jitter", 1)
+    assert pred["window"] == {"start": T0, "end": T0 + 79 / 20, "samples": 80}
+    m = service.metrics
+    assert m.value("harstream_drops_total", family="har", reason="duplicate") == 1
+    assert m.value("harstream_drops_total", family="har", reason="out_of_order") == 1
+
+
+@pytest.mark.skipif(mosquitto_binary() is None, reason="needs the mosquitto binary")
+def test_service_reconnects_when_the_broker_restarts(har_predictor, prefix):
+    own = MosquittoBroker(free_port())
+    own.start()
+    cfg = BrokerConfig(host=own.host, port=own.port, client_id=f"serve-{prefix}", explicit=True)
+    service = Service(
+        ServeConfig(broker=cfg, prefix=prefix, max_batch=64), predictors={"har": har_predictor}
+    ).start()
+    dev = Client(own.host, own.port, prefix)
+    try:
+        dev.samples("d", 0, 80)
+        dev.wait_for("d", 1)
+        own.stop()
+        own.start()
+        deadline = time.monotonic() + WAIT
+        while service.metrics.value("harstream_broker_connects_total") < 2:
+            assert time.monotonic() < deadline, "service did not reconnect"
+            time.sleep(0.05)
+        assert dev._subscribed.wait(WAIT)
+        time.sleep(0.3)  # the test client resubscribes after its own reconnect
+        dev.samples("d", 80, 20)
+        preds = dev.wait_for("d", 2)
+        assert preds[-1]["seq"] == 2, "the device buffer was not kept across the reconnect"
+        assert preds[-1]["window"]["end"] == T0 + 99 / 20
+    finally:
+        dev.close()
+        service.stop()
+        own.close()
+
+
+def test_service_restart_loses_nothing_published_meanwhile(broker, serve, device, prefix):
+    total = 400
+    first = serve(hop=1)
+    publisher_done = threading.Event()
+
+    def publish_slowly() -> None:
+        for i in range(total):
+            device.samples("steady", i, 1)
+            time.sleep(0.004)
+        publisher_done.set()
+
+    thread = threading.Thread(target=publish_slowly)
+    thread.start()
+    deadline = time.monotonic() + WAIT
+    while first.metrics.value("harstream_samples_total", family="har") < 100:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    first.stop()
+    seen_first = first.metrics.value("harstream_samples_total", family="har")
+    time.sleep(0.3)
+    second = serve(hop=1)  # same client id: resumes the persistent session
+    thread.join(WAIT)
+    assert publisher_done.is_set()
+    deadline = time.monotonic() + WAIT
+    while (
+        seen_first + second.metrics.value("harstream_samples_total", family="har") < total
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    seen_second = second.metrics.value("harstream_samples_total", family="har")
+    assert seen_first + seen_second == total
+    preds = device.wait_for("steady", int(seen_first - 79 + seen_second - 79))
+    assert preds[-1]["window"]["end"] == T0 + (total - 1) / 20
+
+
+def test_embedded_broker_starts_when_nothing_listens(har_predictor, prefix):
+    port = free_port()
+    cfg = BrokerConfig(port=port, client_id=f"serve-{prefix}")  # no --broker given
+    service = Service(
+        ServeConfig(broker=cfg, prefix=prefix, max_batch=64), predictors={"har": har_predictor}
+    ).start()
+    try:
+        assert isinstance(service.embedded_broker, EmbeddedBroker)
+        dev = Client("127.0.0.1", port, prefix, "3.1.1")
+        dev.samples("e", 0, 80)
+        (pred,) = dev.wait_for("e", 1)
+        assert pred["seq"] == 1
+        dev.close()
+    finally:
+        service.stop()
+    assert not is_listening("127.0.0.1", port)
+
+
+def test_sigterm_publishes_offline_and_exits_zero(broker, har_model_path, prefix):
+    watcher = Client(broker.host, broker.port, prefix, mqtt_version(broker))
+    env = {**os.environ, "HARSTREAM_MAX_BATCH": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "harstream",
+        "serve",
+        "--broker",
+        broker.url,
+        "--mqtt-version",
+        mqtt_version(broker),
+        "--model",
+        str(har_model_path),
+        "--prefix",
+        prefix,
+        "--client-id",
+        f"serve-{prefix}",
+        "--families",
+        "har",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        online = watcher.wait_for("service", 1, "status")[0]
+        assert online["status"] == "online"
+        assert online["models"] == {"har": "har-cnn@test"}
+        watcher.samples("s", 0, 80)
+        watcher.wait_for("s", 1)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr[-2000:]
+    statuses = watcher.wait_for("service", 2, "status")
+    assert statuses[-1]["status"] == "offline"
+    watcher.close()
