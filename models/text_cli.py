@@ -8,6 +8,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+EVAL_BATCH = 64  # offline scoring: few jit buckets to compile, batches still large
+
 DATA_HELP = (
     "labelled messages: the SMS Spam Collection layout (label<TAB>text per line) or a CSV "
     "with a header naming a text column (text or message) and a label column (label or class)"
@@ -109,7 +111,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from models.text_training import evaluate_text, held_out
 
     try:
-        predictor = load_predictor(args.model, family="text", max_batch=256)
+        predictor = load_predictor(args.model, family="text", max_batch=EVAL_BATCH)
         texts, labels = text_prep.read_labelled_texts(args.data)
         if args.held_out:
             keep = held_out(predictor.meta, args.data, labels)

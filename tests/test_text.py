@@ -1,0 +1,185 @@
+"""Text family: architectures, text preparation, GloVe vectors, checkpoints, shipped model."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from harstream.cli import main
+from models import checkpoint, glove, text, text_checkpoint, text_prep
+from models.har import count_params
+from models.registry import default_checkpoint
+from models.text_training import evaluate_text, held_out
+
+
+def _shapes(model, max_len=20):
+    return jax.eval_shape(lambda: text.init_params(model, max_len))
+
+
+def _random_params(model, max_len):
+    """Parameters of the right shapes without compiling the initialiser (fast)."""
+    rng = np.random.default_rng(0)
+    return jax.tree.map(
+        lambda s: rng.normal(0, 0.1, s.shape).astype(s.dtype), _shapes(model, max_len)
+    )
+
+
+def test_kim_cnn_parameter_count_and_output_shape():
+    model = text.KimCNN(vocab_size=1000, num_classes=2)
+    params = _shapes(model)
+    # embeddings + convolutions of widths 3/4/5 x 100 maps + dense 300 -> 2
+    assert count_params(params) == 100 * 1000 + (300 + 400 + 500) * 100 + 300 + 300 * 2 + 2
+    ids = jax.ShapeDtypeStruct((3, 20), jnp.int32)
+    assert jax.eval_shape(text.make_forward(model), params, ids).shape == (3, 2)
+
+
+def test_stack_cnn_parameter_count_and_short_messages():
+    model = text.StackCNN(vocab_size=500, num_classes=3)
+    convs = (5 * 100 * 128 + 128) + 2 * (5 * 128 * 128 + 128)
+    assert count_params(_shapes(model, 59)) == 100 * 500 + convs + 128 * 128 + 128 + 128 * 3 + 3
+    ids = jax.ShapeDtypeStruct((2, 8), jnp.int32)
+    assert jax.eval_shape(text.make_forward(model), _shapes(model, 8), ids).shape == (2, 3)
+
+
+def test_padding_does_not_change_kim_prediction():
+    model = text.KimCNN(vocab_size=50, num_classes=2, embed_dim=8, maps=4)
+    params = _random_params(model, 30)
+    ids = np.zeros((1, 30), np.int32)
+    ids[0, :6] = [5, 9, 2, 7, 3, 11]
+    short = ids[:, :12]
+    forward = jax.jit(text.make_forward(model))
+    probs = np.asarray(forward(params, ids))
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(probs, forward(params, short), rtol=1e-5)
+
+
+def test_html_tags_and_entities_removed():
+    assert text_prep.strip_html("<p>Free &amp; <b>easy</b> &lt;#&gt;</p>") == "Free & easy <#>"
+    assert text_prep.clean("  CALL <i>Now</i>\n&pound;5 ") == "call now £5"
+
+
+def test_tokenizer_keeps_words_symbols_and_number_shapes():
+    tokens = text_prep.tokenize("WINNER!! Call 09061701461, claim £900 &amp; it's 4 u")
+    assert tokens == [
+        "winner", "!", "!", "call", "<num11>", "claim", "£", "<num3>", "&", "it's", "4", "u",
+    ]  # fmt: skip
+
+
+def test_vocabulary_round_trip_oov_padding_and_truncation():
+    train = ["the cat sat", "the cat ran", "a dog sat"]
+    vocab = text_prep.Vocabulary.build(train, min_count=2)
+    assert vocab.tokens[:2] == [text_prep.PAD, text_prep.OOV]
+    assert set(vocab.tokens[2:]) == {"the", "cat", "sat"}
+    ids = vocab.encode("The cat sat", 5)
+    assert ids.dtype == np.int32 and ids.tolist()[3:] == [0, 0]
+    assert vocab.decode(ids) == ["the", "cat", "sat"]
+    assert vocab.decode(vocab.encode("the zebra", 4)) == ["the", text_prep.OOV]
+    assert vocab.decode(vocab.encode("the cat sat the cat", 2)) == ["the", "cat"]
+    meta = {"text": json.loads(json.dumps(text_prep.text_meta(vocab, 5)))}
+    np.testing.assert_array_equal(text_prep.texts_to_ids(["The cat sat"], meta)[0], ids)
+
+
+def test_meta_from_another_tokenizer_is_refused():
+    meta = {"text": {**text_prep.text_meta(text_prep.Vocabulary(["<pad>", "<oov>"]), 8)}}
+    meta["text"]["tokenizer"] = "someone-else-v9"
+    with pytest.raises(ValueError, match="tokenizer"):
+        text_prep.encoder_from_meta(meta)
+
+
+def test_reads_sms_layout_and_csv_with_article_column_names(tmp_path):
+    sms = tmp_path / "sms.txt"
+    sms.write_text("ham\tsee you at 5\nspam\tWIN a prize &lt;now&gt;\n\n")
+    assert text_prep.read_labelled_texts(sms) == (
+        ["see you at 5", "WIN a prize &lt;now&gt;"],
+        ["ham", "spam"],
+    )
+    csv_file = tmp_path / "messages.csv"
+    csv_file.write_text('id,Message,Class\n1,"hello, there\nfriend",ham\n2,FREE entry,spam\n')
+    texts, labels = text_prep.read_labelled_texts(csv_file)
+    assert texts == ["hello, there\nfriend", "FREE entry"] and labels == ["ham", "spam"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("body,kind\nhi,ham\n")
+    with pytest.raises(ValueError, match="text column"):
+        text_prep.read_labelled_texts(bad)
+
+
+def test_glove_reader_and_embedding_matrix(tmp_path):
+    path = tmp_path / "vectors.txt"
+    path.write_text("the 0.1 0.2 0.3\ncat -1 0 1\nunused 9 9 9\n")
+    vectors, dim = glove.read_vectors(path, {"the", "cat", "dog"})
+    assert dim == 3 and sorted(vectors) == ["cat", "the"]
+    vocab = ["<pad>", "<oov>", "the", "cat", "dog"]
+    matrix, found = glove.embedding_matrix(path, vocab, 3, seed=1)
+    assert matrix.shape == (5, 3) and found == 2
+    np.testing.assert_allclose(matrix[2], [0.1, 0.2, 0.3])
+    np.testing.assert_allclose(matrix[3], [-1, 0, 1])
+    assert not matrix[0].any() and matrix[4].any()  # padding zero, missing word random
+    with pytest.raises(ValueError, match="--embed-dim 3"):
+        glove.embedding_matrix(path, vocab, 100)
+    path.write_text("the 0.1 0.2 0.3\ncat -1 0\n")
+    with pytest.raises(ValueError, match=":2: 2 values"):
+        glove.read_vectors(path)
+
+
+@pytest.fixture(scope="session")
+def text_predictor():
+    return text_checkpoint.predictor_from_checkpoint(default_checkpoint("text"), max_batch=4)
+
+
+def test_shipped_text_model_classifies_obvious_messages(text_predictor):
+    texts = [
+        "URGENT! You have won a £1000 cash prize. Call 09061701461 now to claim, T&C apply",
+        "Ok, I'll see you at home tonight. Bring the keys please",
+    ]
+    ids = text_checkpoint.texts_to_ids(texts, text_predictor.meta)
+    assert ids.shape == (2, text_predictor.meta["text"]["max_len"]) and ids.dtype == np.int32
+    probs = text_predictor.predict(ids)
+    assert [text_predictor.labels[i] for i in probs.argmax(-1)] == ["spam", "ham"]
+
+
+def test_checkpoint_round_trip_and_mismatch(tmp_path):
+    vocab = text_prep.Vocabulary(["<pad>", "<oov>", "hello", "world"])
+    config = {"vocab_size": 4, "num_classes": 2, "embed_dim": 8}
+    params = _random_params(text.build("text-cnn", config), 10)
+    meta = {
+        "name": "tiny",
+        "version": "0",
+        "classes": ["a", "b"],
+        "text": text_prep.text_meta(vocab, 10),
+    }
+    text_checkpoint.save(tmp_path / "ok", "text-cnn", config, params, meta)
+    _, loaded, got = text_checkpoint.load(tmp_path / "ok")
+    np.testing.assert_array_equal(loaded["embed"]["embedding"], params["embed"]["embedding"])
+    assert got["input_shape"] == [10]
+    meta["text"] = text_prep.text_meta(text_prep.Vocabulary(["<pad>", "<oov>", "x"]), 10)
+    text_checkpoint.save(tmp_path / "bad", "text-cnn", config, params, meta)
+    with pytest.raises(checkpoint.CheckpointError, match="vocabulary of 3 tokens"):
+        text_checkpoint.load(tmp_path / "bad")
+
+
+def test_evaluate_cli_reports_mcc(tmp_path, capsys):
+    data = tmp_path / "sms.txt"
+    data.write_text(
+        "spam\tWINNER! Claim your free £500 prize now, call 09061701461\n"
+        "ham\tare we still on for lunch tomorrow?\n"
+        "ham\tsorry, I'll call you later\n"
+    )
+    out = tmp_path / "report.json"
+    assert main(["evaluate", "text", "--data", str(data), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert {"accuracy", "macro_f1", "per_class", "confusion", "mcc"} <= set(report)
+    assert report["messages"] == 3 and report["accuracy"] == 1.0 and report["mcc"] == 1.0
+    assert "mcc" in capsys.readouterr().out
+
+
+def test_shipped_model_meets_target_on_held_out_messages(shared_data, text_predictor):
+    data = shared_data / "sms-spam" / "SMSSpamCollection"
+    texts, labels = text_prep.read_labelled_texts(data)
+    keep = held_out(text_predictor.meta, data, labels)
+    assert len(keep) == text_predictor.meta["training"]["split"]["messages"]["test"]
+    report = evaluate_text(text_predictor, [texts[i] for i in keep], [labels[i] for i in keep])
+    assert report["accuracy"] >= 0.985 and report["mcc"] >= 0.93
