@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -40,9 +40,12 @@ class _DeviceLog:
         self.code = np.empty(size, np.int32)
         self.sent = np.empty(size)
         self.n = 0
+        self.first: float | None = None  # the first timestamp sent, kept when trimming
 
     def append(self, t: np.ndarray, codes: np.ndarray, sent_at: float) -> None:
         k = t.size
+        if self.first is None and k:
+            self.first = float(t[0])
         if self.capacity is not None and self.n + k > 2 * self.capacity:
             keep = max(0, min(self.n, self.capacity - k))  # forget the oldest samples
             for arr in (self.t, self.code, self.sent):
@@ -65,6 +68,14 @@ class _DeviceLog:
         lo = int(np.searchsorted(t, start - MATCH_TOLERANCE_S, "left"))
         hi = int(np.searchsorted(t, end + MATCH_TOLERANCE_S, "right"))
         return slice(lo, hi)
+
+
+class Match(NamedTuple):
+    """What the truth log knows about one predicted window."""
+
+    ours: bool
+    label: str | None
+    sent_at: float | None
 
 
 class TruthLog:
@@ -105,24 +116,25 @@ class TruthLog:
             self.labels.append(label)
         return code
 
-    def lookup(self, device: str, start: float, end: float) -> tuple[str | None, float | None]:
-        """``(true label, publish time of the window's last sample)`` for a window.
+    def lookup(self, device: str, start: float, end: float) -> Match:
+        """Whether a window is made of samples this run sent, its true label (the majority
+        over the samples it covers; ``None`` when unlabelled) and when its last sample
+        was published.
 
-        The label is the majority over the samples the window covers, ``None`` when they
-        are unlabelled or unknown (e.g. a window from before this run).
+        A window that starts before the first sample this run sent to the device is not
+        this run's: the service still held samples from an earlier run of the same id.
         """
         with self._lock:
             log = self._devices.get(device)
-            if log is None or log.n == 0:
-                return None, None
+            if log is None or log.first is None or start < log.first - MATCH_TOLERANCE_S:
+                return Match(False, None, None)
             span = log.span(start, end)
             codes = log.code[span]
-            last = span.stop - 1
-            sent = float(log.sent[last]) if span.stop > span.start else None
+            sent = float(log.sent[span.stop - 1]) if span.stop > span.start else None
         known = codes[codes != self.UNKNOWN]
         if known.size == 0:
-            return None, sent
-        return self.labels[int(np.bincount(known).argmax())], sent
+            return Match(True, None, sent)
+        return Match(True, self.labels[int(np.bincount(known).argmax())], sent)
 
 
 @dataclass
@@ -161,7 +173,8 @@ class WindowCounter:
     def _segment_windows(self) -> int:
         if self._first is None:
             return 0
-        samples = math.floor((self._last - self._first) * self.rate_hz + 1e-6) + 1
+        # grid points at rate_hz from the first timestamp, up to the last (1 ms snap)
+        samples = math.floor((self._last - self._first + MATCH_TOLERANCE_S) * self.rate_hz) + 1
         return 0 if samples < self.window else 1 + (samples - self.window) // self.hop
 
     @property
@@ -202,6 +215,7 @@ class Scoreboard:
     service_latency: list[float] = field(default_factory=list)
     latest: dict[str, Latest] = field(default_factory=dict)
     received: int = 0
+    foreign: int = 0  # predictions for our ids about samples sent before this run
     hits: int = 0
     unmatched: int = 0
     bad: Counter = field(default_factory=Counter)
@@ -224,9 +238,13 @@ class Scoreboard:
             return
         if self.devices is not None and device not in self.devices:
             return
-        label, sent_at = self.truth.lookup(device, start, end)
-        latency = None if sent_at is None else (received_at - sent_at) * 1000.0
+        match = self.truth.lookup(device, start, end)
+        label = match.label
+        latency = None if match.sent_at is None else (received_at - match.sent_at) * 1000.0
         with self._lock:
+            if not match.ours:
+                self.foreign += 1
+                return
             self.received += 1
             for name in msg.get("probs") or ():
                 if name not in self.classes:
@@ -252,8 +270,6 @@ class Scoreboard:
 
     def report(self, windows_expected: int, **extra: Any) -> dict[str, Any]:
         """The final report: the contract's keys first, then details."""
-        from models.metrics import classification_report
-
         with self._lock:
             y_true, y_pred = list(self.y_true), list(self.y_pred)
             classes = list(self.classes)
@@ -269,10 +285,13 @@ class Scoreboard:
                 "service_latency_ms": percentiles(self.service_latency),
                 "windows_scored": len(y_true),
                 "windows_unlabelled": self.unmatched,
+                "windows_foreign": self.foreign,
                 "bad_predictions": sum(self.bad.values()),
                 "models": dict(self.models),
             }
         if y_true:
+            from models.metrics import classification_report  # scikit-learn: slow to import
+
             scores = classification_report(y_true, y_pred, classes)
             out.update(accuracy=scores["accuracy"], macro_f1=scores["macro_f1"])
             out.update(classes=classes, per_class=scores["per_class"])
@@ -283,8 +302,6 @@ class Scoreboard:
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as text: counts, scores, latency and the confusion matrix."""
-    from models.metrics import format_report as format_scores
-
     lines = []
     if report.get("simulated"):
         lines.append("SIMULATED devices (synthetic signals, not recordings)")
@@ -299,9 +316,16 @@ def format_report(report: dict[str, Any]) -> str:
                 f"latency {title}: p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f} ms, "
                 f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms"
             )
+    if report.get("windows_foreign"):
+        lines.append(
+            f"{report['windows_foreign']} prediction(s) about samples sent before this run "
+            "were ignored"
+        )
     if report["accuracy"] is None:
         lines.append("accuracy: n/a (no labelled windows)")
     else:
+        from models.metrics import format_report as format_scores
+
         lines.append(format_scores(report, report["classes"]))
     return "\n".join(lines)
 

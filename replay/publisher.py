@@ -62,7 +62,8 @@ def open_client(
     """A connected client (non-persistent session), subscribed at QoS 1 to ``subscriptions``.
 
     Returns once the broker acknowledged the connection and every subscription, so that
-    nothing published afterwards can be missed; raises ``BrokerUnavailable`` otherwise.
+    nothing published afterwards can be missed; raises ``BrokerUnavailable`` otherwise,
+    at once when the connection is refused (a tool should not wait like the service).
     """
     client = make_client(cfg, persistent=False)
     ready = threading.Event()
@@ -83,7 +84,12 @@ def open_client(
             failure.append(f"the broker refused the subscription: {', '.join(refused)}")
         ready.set()
 
+    def on_connect_fail(_client: Any, _userdata: Any) -> None:
+        failure.append("nothing accepted the connection; is the broker running?")
+        ready.set()
+
     client.on_connect = on_connect
+    client.on_connect_fail = on_connect_fail
     client.on_subscribe = on_subscribe
     if on_message is not None:
         client.on_message = on_message
@@ -144,13 +150,16 @@ class Publisher:
         props.ContentType = BINARY_CONTENT_TYPE
         return props
 
-    def send(self, chunk: Chunk, stop: threading.Event | None = None) -> None:
-        """Publish one chunk, first waiting while too many messages are unconfirmed."""
+    def send(self, chunk: Chunk, stop: threading.Event | None = None) -> bool:
+        """Publish one chunk, first waiting while too many messages are unconfirmed.
+
+        Returns False, without publishing, when ``stop`` was set during that wait.
+        """
         import paho.mqtt.client as mqtt
 
         while len(self._pending) >= self.max_pending:
             if not self._wait_oldest(stop):
-                return
+                return False
         payload = encode_chunk(chunk, binary=self.binary)
         props = self._properties if (self.binary and chunk.regular) else None
         info = self.client.publish(
@@ -164,6 +173,7 @@ class Publisher:
             self.queued_offline += 1  # paho sends it after reconnecting
         else:
             self.lost += 1
+        return True
 
     def _wait_oldest(self, stop: threading.Event | None) -> bool:
         """Wait for the oldest pending message; False if ``stop`` was set meanwhile."""

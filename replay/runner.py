@@ -101,7 +101,8 @@ class Runner:
         try:
             for chunk in paced(streams, self.settings.speed, self.stop):
                 sent_at = time.perf_counter()
-                self.publisher.send(chunk, self.stop)
+                if not self.publisher.send(chunk, self.stop):
+                    break
                 if self.settings.compare:
                     self.truth.record(chunk, sent_at)
                     self.counters[chunk.device].add(chunk.t)
