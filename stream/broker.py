@@ -106,6 +106,7 @@ class EmbeddedBroker:
         from amqtt.broker import Broker as AmqttBroker
 
         logging.getLogger("amqtt").setLevel(logging.ERROR)
+        logging.getLogger("transitions").setLevel(logging.WARNING)
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)

@@ -58,7 +58,7 @@ def har_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def har_predictor(har_model_path: Path):
-    """The compiled predictor of ``har_model_path`` (buckets up to 64), shared by services."""
+    """The compiled predictor of ``har_model_path`` (buckets up to 16), shared by services."""
     from models.registry import load_predictor
 
-    return load_predictor(har_model_path, family="har", max_batch=64)
+    return load_predictor(har_model_path, family="har", max_batch=16)

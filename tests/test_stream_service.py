@@ -107,7 +107,8 @@ def serve(broker, har_predictor, prefix):
             client_id=overrides.pop("client_id", f"serve-{prefix}"),
             explicit=True,
         )
-        config = ServeConfig(broker=broker_cfg, prefix=prefix, max_batch=64, **overrides)
+        overrides.setdefault("families", ["har"])
+        config = ServeConfig(broker=broker_cfg, prefix=prefix, max_batch=16, **overrides)
         service = Service(config, predictors={"har": har_predictor}).start()
         started.append(service)
         return service
@@ -257,7 +258,8 @@ def test_service_reconnects_when_the_broker_restarts(har_predictor, prefix):
     own.start()
     cfg = BrokerConfig(host=own.host, port=own.port, client_id=f"serve-{prefix}", explicit=True)
     service = Service(
-        ServeConfig(broker=cfg, prefix=prefix, max_batch=64), predictors={"har": har_predictor}
+        ServeConfig(broker=cfg, prefix=prefix, families=["har"], max_batch=16),
+        predictors={"har": har_predictor},
     ).start()
     dev = Client(own.host, own.port, prefix)
     try:
@@ -320,7 +322,8 @@ def test_embedded_broker_starts_when_nothing_listens(har_predictor, prefix):
     port = free_port()
     cfg = BrokerConfig(port=port, client_id=f"serve-{prefix}")  # no --broker given
     service = Service(
-        ServeConfig(broker=cfg, prefix=prefix, max_batch=64), predictors={"har": har_predictor}
+        ServeConfig(broker=cfg, prefix=prefix, families=["har"], max_batch=16),
+        predictors={"har": har_predictor},
     ).start()
     try:
         assert isinstance(service.embedded_broker, EmbeddedBroker)

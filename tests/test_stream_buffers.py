@@ -1,0 +1,120 @@
+"""Per-device windows: hop, timestamps, resampling, gaps, drops, and the bounded device table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream.buffers import BufferTable, WindowBuffer
+from stream.codec import Samples
+
+T0 = 1000.0
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.windows: list[tuple[np.ndarray, tuple]] = []
+        self.drops: dict[str, int] = {}
+
+    def emit(self, x, info, received) -> None:
+        self.windows.append((x, info))
+
+    def drop(self, reason, n=1) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + n
+
+
+def timed(values, times, rate=20.0) -> Samples:
+    return Samples([[v, -v, 1.0] for v in values], list(times), rate)
+
+
+@pytest.mark.parametrize(("hop", "expected"), [(20, 5), (40, 3), (80, 2), (1, 81)])
+def test_hop(hop, expected):
+    sink = Sink()
+    buf = WindowBuffer(sink, hop=hop)
+    for i in range(160):
+        buf.push(Samples([[float(i), 0.0, 0.0]], None, 20.0), wall=T0 + i, mono=0.0)
+    assert len(sink.windows) == expected
+    x, (start, end, seq) = sink.windows[1]
+    assert x[0, 0] == hop and x[-1, 0] == hop + 79 and seq == 2
+    assert (start, end) == (T0 + hop, T0 + hop + 79)  # untimed: receive times
+
+
+def test_emitted_windows_are_copies():
+    sink = Sink()
+    buf = WindowBuffer(sink, hop=20)
+    buf.push(timed(range(100), T0 + np.arange(100) / 20), 0.0, 0.0)
+    first, second = sink.windows[0][0], sink.windows[1][0]
+    assert first[0, 0] == 0 and second[0, 0] == 20
+
+
+def test_exact_20hz_timestamps_pass_through_unchanged():
+    sink = Sink()
+    times = [T0 + i * 0.05 for i in range(80)]
+    WindowBuffer(sink).push(timed(range(80), times), 0.0, 0.0)
+    ((x, (start, end, _)),) = sink.windows
+    assert start == times[0] and end == times[-1]
+    np.testing.assert_array_equal(x[:, 0], np.arange(80))
+
+
+@pytest.mark.parametrize("rate", [50.0, 100.0, 12.5])
+def test_other_rates_are_resampled_to_20hz(rate):
+    sink = Sink()
+    n = int(4.2 * rate)
+    times = T0 + np.arange(n) / rate
+    WindowBuffer(sink).push(timed(times - T0, times, rate), 0.0, 0.0)  # value = seconds
+    x, (start, end, _) = sink.windows[0]
+    np.testing.assert_allclose(x[:, 0], np.arange(80) / 20, atol=1e-5)
+    assert start == T0 and end == pytest.approx(T0 + 3.95)
+
+
+def test_untimed_batch_at_another_rate_is_resampled():
+    sink = Sink()
+    vals = np.arange(250) / 50
+    WindowBuffer(sink).push(Samples([[v, 0, 0] for v in vals], None, 50.0), 5.0, 0.0)
+    x, (start, end, _) = sink.windows[0]
+    np.testing.assert_allclose(x[:, 0], np.arange(80) / 20, atol=1e-5)
+    assert start == end == 5.0
+
+
+def test_gap_restarts_and_drops_are_counted():
+    sink = Sink()
+    buf = WindowBuffer(sink, max_gap_s=1.0)
+    buf.push(timed(range(30), T0 + np.arange(30) / 20), 0.0, 0.0)
+    buf.push(timed([0], [T0 + 29 / 20]), 0.0, 0.0)  # duplicate
+    buf.push(timed([0], [T0 + 10 / 20]), 0.0, 0.0)  # out of order
+    assert sink.drops == {"duplicate": 1, "out_of_order": 1}
+    later = T0 + 60 + np.arange(80) / 20
+    buf.push(timed(range(80), later), 0.0, 0.0)
+    assert sink.drops["gap"] == 30
+    ((_, (start, _, seq)),) = sink.windows
+    assert start == later[0] and seq == 1
+
+
+def test_switching_between_timed_and_untimed_starts_over():
+    sink = Sink()
+    buf = WindowBuffer(sink)
+    buf.push(timed(range(50), T0 + np.arange(50) / 20), 0.0, 0.0)
+    buf.push(Samples([[0.0, 0.0, 0.0]] * 50, None, 20.0), 7.0, 0.0)
+    assert sink.drops == {"gap": 50} and not sink.windows
+
+
+def test_invalid_hop_is_refused():
+    with pytest.raises(ValueError, match="hop"):
+        WindowBuffer(Sink(), hop=81)
+
+
+def test_table_evicts_idle_and_least_recent_ids():
+    evicted = []
+    table = BufferTable(
+        lambda d: WindowBuffer(Sink()),
+        max_ids=2,
+        ttl_s=10,
+        on_evict=lambda d, r: evicted.append((d, r)),
+    )
+    a = table.get("a", 0.0)
+    table.get("b", 1.0)
+    assert table.get("a", 2.0) is a
+    table.get("c", 3.0)  # full: "b" was seen least recently
+    assert evicted == [("b", "capacity")] and "a" in table and "c" in table
+    assert table.evict_idle(12.5) == 1 and evicted[-1] == ("a", "idle")
+    assert len(table) == 1

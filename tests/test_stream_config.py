@@ -1,0 +1,98 @@
+"""Configuration precedence, broker URLs, families and the serve command line."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from harstream.cli import build_parser
+from stream import routes
+from stream.cli import config_from_args
+from stream.config import ConfigError, ServeConfig
+from stream.connection import BrokerConfig, broker_config, parse_broker_url
+from stream.service import build_routes
+
+
+def serve_args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["serve", *argv])
+
+
+def test_flags_beat_environment_beat_toml(tmp_path):
+    toml = tmp_path / "serve.toml"
+    toml.write_text('hop = 40\nmax_batch = 8\nmax_wait_ms = 7.5\nbroker = "mqtt://b:1884"\n')
+    env = {"HARSTREAM_MAX_BATCH": "32", "HARSTREAM_HOP": "10"}
+    cfg = config_from_args(serve_args("--config", str(toml), "--hop", "5"), env)
+    assert (cfg.hop, cfg.max_batch, cfg.max_wait_ms) == (5, 32, 7.5)
+    assert (cfg.broker.host, cfg.broker.port, cfg.broker.explicit) == ("b", 1884, True)
+    cfg = config_from_args(serve_args("--no-embedded-broker", "--families", "har,text"), {})
+    assert cfg.embedded_broker is False and cfg.families == ["har", "text"]
+    assert cfg.broker.explicit is False and cfg.broker.client_id.startswith("harstream-serve-")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "toml", "match"),
+    [
+        (["--hop", "x"], {}, "", "--hop"),
+        ([], {"HARSTREAM_MAX_BATCH": "many"}, "", "HARSTREAM_MAX_BATCH"),
+        ([], {}, 'hop = "fast"', "hop in the config file"),
+        ([], {}, "hopp = 3", "unknown keys"),
+        ([], {}, "hop = [", "not valid TOML"),
+        (["--families", "har,video"], {}, "", "video"),
+        (["--hop", "0"], {}, "", "hop must be"),
+        (["--broker", "http://x"], {}, "", "mqtt://"),
+        (["--ca-file", "/nonexistent.pem", "--broker", "mqtts://b"], {}, "", "does not exist"),
+        (["--password", "p"], {}, "", "user name"),
+    ],
+)
+def test_bad_settings_name_their_source(tmp_path, argv, env, toml, match):
+    path = tmp_path / "s.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=match):
+        config_from_args(serve_args("--config", str(path), *argv), env)
+
+
+def test_broker_urls():
+    assert parse_broker_url("mqtt://h") == ("h", 1883, False, None, None)
+    assert parse_broker_url("mqtts://u%40x:p%3A@h:9") == ("h", 9, True, "u@x", "p:")
+    cfg = broker_config(
+        {"broker": "mqtts://u:p@h", "mqtt_version": "3.1.1"}, default_client_id="c", env={}
+    )
+    assert (cfg.tls, cfg.port, cfg.username, cfg.mqtt_version, cfg.client_id) == (
+        True,
+        8883,
+        "u",
+        "3.1.1",
+        "c",
+    )
+    assert BrokerConfig().url == "mqtt://127.0.0.1:1883"
+
+
+def test_unavailable_family_fails_when_asked_and_is_skipped_by_default(monkeypatch, har_predictor):
+    for family in ("text", "series"):
+        monkeypatch.delitem(routes.ROUTE_BUILDERS, family)
+    monkeypatch.setitem(routes.ROUTE_BUILDERS, "ghost", "stream.ghost_route:build")
+    with pytest.raises(routes.RouteUnavailable, match="ghost"):
+        build_routes(ServeConfig(families=["ghost"]))
+    built = build_routes(ServeConfig(), predictors={"har": har_predictor})
+    assert [r.family for r in built] == ["har"]
+
+
+def test_serve_help_lists_the_issue_flags(capsys):
+    with pytest.raises(SystemExit):
+        serve_args("--help")
+    out = capsys.readouterr().out
+    for flag in (
+        "--families",
+        "--no-embedded-broker",
+        "--hop",
+        "--max-batch",
+        "--max-wait-ms",
+        "--metrics-port",
+        "--config",
+        "--model",
+        "--broker",
+        "--ca-file",
+        "--mqtt-version",
+    ):
+        assert flag in out
