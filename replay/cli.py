@@ -22,6 +22,18 @@ def _serve_options(*names: str) -> list[Option]:
     return [by_name[name] for name in names]
 
 
+DEMO_OPTIONS = (
+    Option(
+        "embedded_broker",
+        "bool",
+        True,
+        "when nothing listens at the broker address (localhost:1883 unless --broker names "
+        "another local port), start the embedded broker there for the demo's lifetime",
+    ),
+    *_serve_options("model"),
+)
+
+
 def _add_connection(parser: argparse.ArgumentParser) -> None:
     add_broker_arguments(parser)
     group = parser.add_argument_group("service (as configured for harstream serve)")
@@ -209,15 +221,9 @@ def register(groups: dict[str, Any]) -> None:
         "--duration", type=float, metavar="SECONDS", help="end after this long (default: Ctrl-C)"
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    add_options(demo.add_argument_group("model"), DEMO_OPTIONS[1:])
     add_broker_arguments(demo)
-    embedded = Option(
-        "embedded_broker",
-        "bool",
-        True,
-        "when nothing listens at the broker address (localhost:1883 unless --broker names "
-        "another loopback port), start the embedded broker there for the demo's lifetime",
-    )
-    add_options(demo.add_argument_group("embedded broker"), [embedded])
+    add_options(demo.add_argument_group("embedded broker"), DEMO_OPTIONS[:1])
     demo.set_defaults(func=_run("replay.demo", "run_demo"))
 
 

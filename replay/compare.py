@@ -326,7 +326,8 @@ def format_report(report: dict[str, Any]) -> str:
     else:
         from models.metrics import format_report as format_scores
 
-        lines.append(format_scores(report, report["classes"]))
+        scores = {k: report[k] for k in ("accuracy", "macro_f1", "per_class", "confusion")}
+        lines.append(format_scores(scores, report["classes"]))
     return "\n".join(lines)
 
 

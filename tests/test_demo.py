@@ -1,0 +1,36 @@
+"""``harstream demo`` runs end to end in a subprocess, exits 0 and leaves nothing listening."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from models.registry import DEFAULT_CHECKPOINTS
+from stream.broker import free_port, is_listening
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_for_its_duration_and_cleans_up(har_model_path: Path) -> None:
+    port = free_port()  # never 1883: the demo starts its embedded broker on this port
+    cmd = [sys.executable, "-m", "harstream", "demo", "--duration", "10"]
+    cmd += ["--broker", f"mqtt://127.0.0.1:{port}", "--devices", "3"]
+    if not DEFAULT_CHECKPOINTS["har"].is_dir():  # until the HAR model is shipped
+        cmd += ["--model", str(har_model_path)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=150)
+    out = done.stdout
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert f"started the embedded one at mqtt://127.0.0.1:{port}" in out
+    assert all(f"sim-00{i}" in out for i in range(3))
+    assert "SIMULATED" in out
+    counts = re.search(r"windows expected (\d+), received (\d+)", out)
+    expected, received = int(counts.group(1)), int(counts.group(2))
+    assert expected >= 3 * 5  # 3 devices for 10 s: windows 4, 5, 6, ... s after each start
+    assert received == expected
+    for family in ("text", "series"):  # sent through the bus, or said to be unavailable
+        line = re.search(rf"^{family}: (.*)$", out, re.MULTILINE).group(1)
+        assert "->" in line or "not available" in line, line
+    assert "demo stopped" in out
+    assert not is_listening("127.0.0.1", port)
