@@ -28,6 +28,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     )
     sub = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     _register_model(sub)
+    _register_e2e(sub)
     _register_train(sub)
 
 
@@ -102,6 +103,146 @@ def _run_model(args: argparse.Namespace) -> int:
         from harstream.bench import plots
 
         plots.latency_cdf(run.timings, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+E2E_EPILOG = """\
+examples:
+  harstream bench e2e --devices 200                          # 4,000 msg/s, one sample each
+  harstream bench e2e --sweep --devices 500 --samples-per-message 20 --json e2e.json
+  harstream bench e2e --broker mqtt://127.0.0.1:1883 --no-service --devices 50
+"""
+
+
+def _register_e2e(sub: argparse._SubParsersAction) -> None:
+    from stream.connection import add_broker_arguments
+
+    p = sub.add_parser(
+        "e2e",
+        help="end-to-end window latency and capacity over MQTT, batched vs naive",
+        description=(
+            "Start a private MQTT broker (Mosquitto when installed) on a free loopback port "
+            "and the service, then publisher processes streaming N simulated devices; time "
+            "every window from publishing its last sample to receiving its prediction. "
+            "Also measures a naive baseline (the service with batching off: one model call "
+            "per window) under the same load. --broker uses that broker instead; "
+            "--no-service uses a service already running there."
+        ),
+        epilog=E2E_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--devices", type=int, default=200, help="simulated devices (default: 200)")
+    p.add_argument("--rate", type=float, default=20.0, help="samples/s per device (default: 20)")
+    p.add_argument(
+        "--duration", type=_positive_float, default=10.0, help="seconds per run (default: 10)"
+    )
+    p.add_argument(
+        "--samples-per-message",
+        type=int,
+        default=1,
+        metavar="K",
+        help="samples per MQTT message, 1-80 (default: 1)",
+    )
+    p.add_argument(
+        "--publishers", type=int, default=2, help="load-generator processes (default: 2)"
+    )
+    p.add_argument("--qos", type=int, choices=(0, 1), default=1, help="publish QoS (default: 1)")
+    p.add_argument(
+        "--hop", type=int, default=20, help="the service's hop, to count windows (default: 20)"
+    )
+    p.add_argument(
+        "--drain",
+        type=_positive_float,
+        default=3.0,
+        help="seconds to wait for the last predictions (default: 3)",
+    )
+    p.add_argument("--prefix", default="har", help="topic prefix (default: har)")
+    p.add_argument(
+        "--no-service", action="store_true", help="use a service already running on --broker"
+    )
+    p.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    p.add_argument(
+        "--max-batch", type=int, default=128, help="the service's max batch (default: 128)"
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=2.0,
+        help="the service's batching wait in ms (default: 2)",
+    )
+    p.add_argument("--model", type=Path, help="HAR checkpoint to serve (default: the shipped one)")
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="raise --devices by --sweep-factor until p99 > --bound-ms or windows are lost",
+    )
+    p.add_argument(
+        "--bound-ms", type=_positive_float, default=50.0, help="sweep p99 bound (default: 50)"
+    )
+    p.add_argument(
+        "--sweep-factor", type=float, default=1.5, help="device growth per step (default: 1.5)"
+    )
+    p.add_argument(
+        "--max-devices", type=int, default=20000, help="stop the sweep here (default: 20000)"
+    )
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the report as JSON to OUT")
+    p.add_argument(
+        "--plot", type=Path, metavar="PNG", help="draw latency and throughput vs devices"
+    )
+    add_broker_arguments(p)
+    p.set_defaults(func=_run_e2e)
+
+
+def _run_e2e(args: argparse.Namespace) -> int:
+    from harstream.bench import e2e_bench
+    from stream.config import ConfigError
+    from stream.connection import broker_config
+
+    try:
+        config = e2e_bench.E2EConfig(
+            devices=args.devices,
+            rate_hz=args.rate,
+            duration_s=args.duration,
+            samples_per_message=args.samples_per_message,
+            publishers=args.publishers,
+            qos=args.qos,
+            hop=args.hop,
+            drain_s=args.drain,
+            prefix=args.prefix,
+            service=not args.no_service,
+            naive=not args.no_naive,
+            max_batch=args.max_batch,
+            max_wait_ms=args.max_wait_ms,
+            model=args.model,
+            sweep=args.sweep,
+            bound_ms=args.bound_ms,
+            sweep_factor=args.sweep_factor,
+            max_devices=args.max_devices,
+        )
+        broker = None
+        if args.broker or args.no_service:
+            broker = broker_config(args, default_client_id="harstream-bench")
+    except (ValueError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = e2e_bench.run(config, broker, log_line=_progress)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(e2e_bench.format_report(report))
+    _write_json(args.json, report)
+    if args.plot:
+        from harstream.bench import plots
+
+        sweep = report.get("sweep") or {
+            "points": [report],
+            "naive_points": [report["naive"]] if "naive" in report else [],
+        }
+        plots.e2e_curves(
+            {"batched": sweep["points"], "naive": sweep.get("naive_points", [])}, args.plot
+        )
         print(f"wrote {args.plot}")
     return 0
 

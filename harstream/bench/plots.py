@@ -52,32 +52,30 @@ def latency_cdf(timings: Mapping[tuple[str, str, int], Timing], out: Path) -> Pa
     return _save(fig, out)
 
 
-def e2e_curves(points: Sequence[Mapping[str, Any]], out: Path) -> Path:
+def e2e_curves(series: Mapping[str, Sequence[Mapping[str, Any]]], out: Path) -> Path:
     """Latency percentiles and sustained samples/s against the number of devices.
 
-    ``points`` are e2e results (``devices``, ``latency_ms``, ``samples_per_s``), each
-    optionally with a ``naive`` result of the same shape measured under the same load.
+    ``series`` maps a label (``batched``, ``naive``) to e2e results (``devices``,
+    ``latency_ms``, ``samples_per_s``), one per measured number of devices.
     """
     plt = _pyplot()
     fig, (lat, thr) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, key in (("batched", None), ("naive", "naive")):
-        rows = [p[key] if key else p for p in points if key is None or key in p]
+    for (label, rows), style in zip(series.items(), ("-", "--", ":", "-."), strict=False):
+        rows = sorted(rows, key=lambda r: r["devices"])
         if not rows:
             continue
         devices = [r["devices"] for r in rows]
-        style = "-" if key is None else "--"
         for q in ("p50", "p90", "p99"):
-            lat.plot(
-                devices, [r["latency_ms"][q] for r in rows], style, marker="o", label=f"{label} {q}"
-            )
+            values = [r["latency_ms"][q] for r in rows]
+            lat.plot(devices, values, style, marker="o", label=f"{label} {q}")
         thr.plot(devices, [r["samples_per_s"] for r in rows], style, marker="o", label=label)
     lat.set_xlabel("devices")
     lat.set_ylabel("window latency (ms)")
     lat.set_yscale("log")
-    lat.set_title("last sample published -> prediction received")
+    lat.set_title("last sample published -> prediction received", fontsize=10)
     thr.set_xlabel("devices")
     thr.set_ylabel("samples/s sustained")
-    thr.set_title("throughput")
+    thr.set_title("throughput", fontsize=10)
     for ax in (lat, thr):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

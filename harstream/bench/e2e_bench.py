@@ -1,0 +1,454 @@
+"""``harstream bench e2e``: window latency and capacity of the whole service over MQTT.
+
+A broker (a private Mosquitto on a free loopback port, or ``--broker``), the service as a
+``harstream serve`` subprocess (or, with ``--no-service``, one already running), and
+load-generating publisher processes (``harstream.bench.loadgen``) streaming N devices.
+Reported per run: window latency percentiles (last sample published -> prediction
+received), windows expected and received, messages and samples per second sustained,
+and the service's CPU use.
+
+The "naive" baseline is the same service with batching off (``--max-batch 1
+--max-wait-ms 0``: one model call per window, as each window completes), measured in the
+same run under the same load, on its own topic prefix, after the batched service stopped.
+``--sweep`` raises N by a factor until p99 passes the bound, windows are lost or the load
+generator cannot keep its schedule, for both, and reports the largest N that held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harstream.bench.loadgen import LoadResult, LoadSpec, run_load, split_devices
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT_S = 180.0
+KEPT_SCHEDULE = 0.95  # a point counts only if the generator achieved this share of its rate
+
+
+@dataclass
+class E2EConfig:
+    """One e2e run; see ``harstream bench e2e --help`` for the meaning of each field."""
+
+    devices: int = 200
+    rate_hz: float = 20.0
+    duration_s: float = 10.0
+    samples_per_message: int = 1
+    publishers: int = 2
+    qos: int = 1
+    hop: int = 20
+    drain_s: float = 3.0
+    prefix: str = "har"
+    service: bool = True
+    naive: bool = True
+    max_batch: int = 128
+    max_wait_ms: float = 2.0
+    model: Path | None = None
+    sweep: bool = False
+    bound_ms: float = 50.0
+    sweep_factor: float = 1.5
+    max_devices: int = 20000
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.devices >= 1, "devices must be >= 1"),
+            (self.rate_hz > 0, "rate must be > 0"),
+            (self.duration_s > 0, "duration must be > 0"),
+            (1 <= self.samples_per_message <= 80, "samples per message must be 1-80"),
+            (self.publishers >= 1, "publishers must be >= 1"),
+            (self.qos in (0, 1), "qos must be 0 or 1"),
+            (self.sweep_factor > 1, "the sweep factor must be > 1"),
+            (self.bound_ms > 0, "the latency bound must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+class ServiceProcess:
+    """``harstream serve`` as a subprocess on the bench broker; ready once it says ``online``."""
+
+    def __init__(self, broker: Any, prefix: str, args: list[str], workdir: Path) -> None:
+        self.broker = broker
+        self.prefix = prefix
+        self.client_id = f"harstream-bench-serve-{os.getpid()}-{prefix.replace('/', '_')}"
+        self.log_path = workdir / f"serve-{prefix.replace('/', '_')}.log"
+        self.argv = [
+            sys.executable,
+            "-m",
+            "harstream",
+            "serve",
+            "--families",
+            "har",
+            "--prefix",
+            prefix,
+            "--client-id",
+            self.client_id,
+            "--session-expiry",
+            "1",
+            "--no-embedded-broker",
+            *_broker_argv(broker),
+            *args,
+        ]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> ServiceProcess:
+        from replay.publisher import close_client, open_client
+        from stream.contract import status_topic
+
+        online = threading.Event()
+
+        def on_message(_c: Any, _u: Any, msg: Any) -> None:
+            import orjson
+
+            with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+                doc = orjson.loads(msg.payload)
+                if doc.get("status") == "online" and doc.get("client_id") == self.client_id:
+                    online.set()
+
+        watcher = open_client(
+            replace(self.broker, client_id=f"{self.client_id}-watch"),
+            subscriptions=[status_topic(self.prefix)],
+            on_message=on_message,
+        )
+        env = dict(os.environ)
+        if self.broker.password:
+            env["HARSTREAM_PASSWORD"] = self.broker.password
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while not online.wait(0.2):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"the service did not come online (exit code {self.proc.returncode}); "
+                        f"its log ends:\n{self.log_tail()}"
+                    )
+        finally:
+            close_client(watcher)
+        return self
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the service so far (Linux /proc), or None."""
+        if self.proc is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        """SIGTERM (the service finishes queued windows and says offline), then wait."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _broker_argv(broker: Any) -> list[str]:
+    """``harstream serve`` flags for the same broker (the password goes by environment)."""
+    argv = [
+        "--broker",
+        f"{'mqtts' if broker.tls else 'mqtt'}://{broker.host}:{broker.port}",
+        "--mqtt-version",
+        broker.mqtt_version,
+    ]
+    for flag, value in (
+        ("--username", broker.username),
+        ("--ca-file", broker.ca_file),
+        ("--cert-file", broker.cert_file),
+        ("--key-file", broker.key_file),
+    ):
+        if value:
+            argv += [flag, str(value)]
+    return argv
+
+
+@contextlib.contextmanager
+def bench_broker(broker: Any | None) -> Iterator[tuple[Any, str]]:
+    """``(BrokerConfig, kind)``: the given broker, or a private one on a free loopback port."""
+    from stream.broker import isolated_broker
+    from stream.connection import BrokerConfig
+
+    if broker is not None:
+        yield broker, "external"
+        return
+    with isolated_broker() as b:
+        version = "5" if b.kind == "mosquitto" else "3.1.1"
+        yield BrokerConfig(host=b.host, port=b.port, mqtt_version=version), b.kind
+
+
+def measure(
+    config: E2EConfig,
+    broker: Any,
+    prefix: str,
+    devices: int,
+    tag: str,
+    service: ServiceProcess | None,
+) -> dict[str, Any]:
+    """Stream ``devices`` devices once against the service on ``prefix``; the result dict."""
+    ids = tuple(f"{tag}-{i:05d}" for i in range(devices))
+    spec = LoadSpec(
+        broker=replace(broker, client_id=f"harstream-bench-load-{os.getpid()}-{tag}"),
+        prefix=prefix,
+        devices=ids,
+        rate_hz=config.rate_hz,
+        samples_per_message=config.samples_per_message,
+        duration_s=config.duration_s,
+        hop=config.hop,
+        qos=config.qos,
+        drain_s=config.drain_s,
+    )
+    specs = split_devices(spec, config.publishers)
+    cpu = _CpuWatch(service)
+    results = run_load(specs, on_start=cpu.start)
+    cpu.stop()
+    return summarize(config, devices, results, cpu.percent())
+
+
+class _CpuWatch:
+    """The service's CPU use between the start of the stream and the end of the drain."""
+
+    def __init__(self, service: ServiceProcess | None) -> None:
+        self.service = service
+        self.cpu0 = self.cpu1 = self.t0 = self.t1 = None
+
+    def start(self) -> None:
+        if self.service is not None:
+            self.cpu0, self.t0 = self.service.cpu_seconds(), time.perf_counter()
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.cpu1, self.t1 = self.service.cpu_seconds(), time.perf_counter()
+
+    def percent(self) -> float | None:
+        if None in (self.cpu0, self.cpu1, self.t0, self.t1) or self.t1 <= self.t0:
+            return None
+        return round(100.0 * (self.cpu1 - self.cpu0) / (self.t1 - self.t0), 1)
+
+
+def summarize(
+    config: E2EConfig, devices: int, results: list[LoadResult], cpu_percent: float | None
+) -> dict[str, Any]:
+    """Merge the processes' results into the report shape of ``bench e2e --json``."""
+    latencies = np.concatenate([np.asarray(r.latencies_s) for r in results]) * 1e3
+    if latencies.size:
+        p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
+        latency = {"p50": p50, "p90": p90, "p99": p99, "max": latencies.max()}
+    else:
+        latency = dict.fromkeys(("p50", "p90", "p99", "max"), math.nan)
+    span = max(r.span_s for r in results)
+    messages = sum(r.messages for r in results)
+    samples = sum(r.samples for r in results)
+    expected = sum(r.windows_expected for r in results)
+    received = sum(r.windows_received for r in results)
+    target = devices * config.rate_hz / config.samples_per_message
+    msgs_per_s = messages / span if span > 0 else 0.0
+    out = {
+        "devices": devices,
+        "latency_ms": {k: round(float(v), 3) for k, v in latency.items()},
+        "windows_expected": expected,
+        "windows_received": received,
+        "windows_lost": expected - received,
+        "msgs_per_s": round(msgs_per_s, 1),
+        "samples_per_s": round(samples / span if span > 0 else 0.0, 1),
+        "target_msgs_per_s": round(target, 1),
+        "service_cpu_percent": cpu_percent,
+        "generator_max_lag_ms": round(max(r.max_lag_s for r in results) * 1e3, 1),
+        "duplicates": sum(r.duplicates for r in results),
+        "unmatched": sum(r.unmatched for r in results),
+        "error_messages": [e for r in results for e in r.errors][:5],
+    }
+    out["kept_schedule"] = msgs_per_s >= KEPT_SCHEDULE * target
+    out["held"] = bool(
+        out["windows_lost"] == 0
+        and out["kept_schedule"]
+        and latencies.size > 0
+        and latency["p99"] <= config.bound_ms
+    )
+    return out
+
+
+def run(
+    config: E2EConfig, broker: Any | None = None, log_line: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """The whole e2e benchmark (single N, or ``--sweep``), batched then naive."""
+    with tempfile.TemporaryDirectory(prefix="harstream-bench-e2e-") as tmp:
+        workdir = Path(tmp)
+        model_args = _model_args(config, workdir)
+        with bench_broker(broker) as (bcfg, kind):
+            log_line(f"broker: {kind} at {bcfg.url}")
+            batched_args = [
+                "--max-batch",
+                str(config.max_batch),
+                "--max-wait-ms",
+                str(config.max_wait_ms),
+            ]
+            batched = _phase(
+                config,
+                bcfg,
+                config.prefix,
+                "batched",
+                batched_args + model_args,
+                config.service,
+                workdir,
+                log_line,
+            )
+            naive = None
+            if config.naive:
+                naive_args = ["--max-batch", "1", "--max-wait-ms", "0"]
+                naive = _phase(
+                    config,
+                    bcfg,
+                    f"{config.prefix}-naive",
+                    "naive",
+                    naive_args + model_args,
+                    True,
+                    workdir,
+                    log_line,
+                )
+    report = _report(config, batched, naive)
+    report["broker"] = kind
+    return report
+
+
+def _model_args(config: E2EConfig, workdir: Path) -> list[str]:
+    """``--model`` for the services: the given one, the shipped one, or random weights."""
+    if config.model is not None:
+        return ["--model", str(config.model)]
+    from models.checkpoint import CheckpointError
+    from models.registry import default_checkpoint
+
+    try:
+        default_checkpoint("har")
+        return []
+    except CheckpointError:
+        from harstream.bench.model_bench import random_har_checkpoint
+
+        path = random_har_checkpoint("har-cnn", workdir / "har-cnn")
+        log.warning("no shipped HAR model: the services use random weights (same latency)")
+        return ["--model", str(path)]
+
+
+def _phase(
+    config: E2EConfig,
+    broker: Any,
+    prefix: str,
+    name: str,
+    service_args: list[str],
+    start_service: bool,
+    workdir: Path,
+    log_line: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Measure one service variant: one point, or a sweep until a point does not hold."""
+    service = None
+    if start_service:
+        log_line(f"{name}: starting harstream serve {' '.join(service_args)}")
+        service = ServiceProcess(broker, prefix, service_args, workdir).start()
+    points = []
+    try:
+        devices, step = config.devices, 0
+        while True:
+            log_line(f"{name}: {devices} devices for {config.duration_s:g} s ...")
+            point = measure(config, broker, prefix, devices, f"{name[0]}{step}", service)
+            log_line(format_point(name, point, config.bound_ms))
+            points.append(point)
+            if not config.sweep or not point["held"]:
+                break
+            devices, step = math.ceil(devices * config.sweep_factor), step + 1
+            if devices > config.max_devices:
+                break
+    finally:
+        if service is not None:
+            service.stop()
+    return points
+
+
+def _report(
+    config: E2EConfig, batched: list[dict[str, Any]], naive: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    def best(points: list[dict[str, Any]]) -> dict[str, Any]:
+        held = [p for p in points if p["held"]]
+        return held[-1] if held else points[0]
+
+    report = dict(best(batched) if config.sweep else batched[0])
+    if naive:
+        report["naive"] = best(naive) if config.sweep else naive[0]
+    if config.sweep:
+        report["sweep"] = {
+            "bound_ms": config.bound_ms,
+            "factor": config.sweep_factor,
+            "capacity_devices": max((p["devices"] for p in batched if p["held"]), default=0),
+            "points": batched,
+        }
+        if naive:
+            report["sweep"]["naive_capacity_devices"] = max(
+                (p["devices"] for p in naive if p["held"]), default=0
+            )
+            report["sweep"]["naive_points"] = naive
+    report["settings"] = {
+        "rate_hz": config.rate_hz,
+        "samples_per_message": config.samples_per_message,
+        "duration_s": config.duration_s,
+        "publishers": config.publishers,
+        "qos": config.qos,
+        "hop": config.hop,
+        "max_batch": config.max_batch,
+        "max_wait_ms": config.max_wait_ms,
+        "bound_ms": config.bound_ms,
+        "cpu_count": os.cpu_count(),
+    }
+    return report
+
+
+def format_point(name: str, p: dict[str, Any], bound_ms: float) -> str:
+    """One human-readable line per measured point."""
+    lat = p["latency_ms"]
+    cpu = "n/a" if p["service_cpu_percent"] is None else f"{p['service_cpu_percent']:.0f}%"
+    verdict = "held" if p["held"] else f"NOT held (bound {bound_ms:g} ms, no loss, on schedule)"
+    return (
+        f"  {name:<8} devices={p['devices']:<6} p50={lat['p50']:.2f} p90={lat['p90']:.2f} "
+        f"p99={lat['p99']:.2f} max={lat['max']:.2f} ms  windows {p['windows_received']}/"
+        f"{p['windows_expected']}  {p['msgs_per_s']:.0f} msg/s (target "
+        f"{p['target_msgs_per_s']:.0f})  {p['samples_per_s']:.0f} samples/s  service CPU {cpu}"
+        f"  {verdict}"
+    )
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The human-readable summary of a ``bench e2e`` report."""
+    bound = report["settings"]["bound_ms"]
+    lines = [format_point("batched", report, bound)]
+    if "naive" in report:
+        lines.append(format_point("naive", report["naive"], bound))
+    sweep = report.get("sweep")
+    if sweep:
+        lines.append(f"capacity (p99 <= {bound:g} ms, nothing lost): {sweep['capacity_devices']}")
+        if "naive_capacity_devices" in sweep:
+            lines.append(f"naive capacity: {sweep['naive_capacity_devices']} devices")
+    return "\n".join(lines)
