@@ -191,3 +191,17 @@ def test_unreachable_broker_is_reported(tmp_path, capsys) -> None:
     url = f"mqtt://127.0.0.1:{free_port()}"
     assert main(["replay", str(path), "--broker", url, "--quiet"]) == 1
     assert "cannot use the MQTT broker" in capsys.readouterr().err
+
+
+def test_simulate_streams_labelled_devices_and_scores_them(service, broker, tmp_path) -> None:
+    out = tmp_path / "sim.json"
+    argv = ["simulate", "--devices", "3", "--duration", "5", "-k", "10", "--stagger", "0"]
+    argv += ["--broker", broker.url, "--prefix", PREFIX, "--compare", "--json", str(out)]
+    argv += ["--quiet", "--wait", "5", "--jitter-ms", "2", "--clock-drift", "1", "--seed", "4"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["simulated"] is True
+    assert report["devices"] == 3
+    assert report["windows_expected"] >= 3
+    assert report["windows_received"] == report["windows_expected"]
+    assert report["windows_scored"] == report["windows_received"]
