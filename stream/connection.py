@@ -182,11 +182,13 @@ def make_client(
     persistent: bool = True,
     will: tuple[str, bytes, int, bool] | None = None,
     manual_ack: bool = False,
+    max_queued: int = 0,
 ) -> Any:
     """A configured (not yet connected) paho 2.x client; see :func:`connect`.
 
     ``persistent`` keeps the broker-side session across disconnects; ``will`` is
-    ``(topic, payload, qos, retain)``.
+    ``(topic, payload, qos, retain)``; ``max_queued`` bounds the messages paho keeps while
+    the broker is unreachable (0: unbounded, fine for short-lived tools).
     """
     import paho.mqtt.client as mqtt
 
@@ -201,7 +203,7 @@ def make_client(
         kwargs["clean_session"] = not persistent
     client = mqtt.Client(**kwargs)
     client.max_inflight_messages_set(cfg.max_inflight)
-    client.max_queued_messages_set(0)
+    client.max_queued_messages_set(max_queued)
     client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
     client.on_socket_open = lambda _client, _userdata, sock: set_nodelay(sock)
     if cfg.username:

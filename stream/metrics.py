@@ -63,6 +63,11 @@ class ServiceMetrics:
             "harstream_devices_active", "ids with a live buffer", ["family"], registry=r
         )
         self.connects = Counter("harstream_broker_connects", "broker (re)connects", registry=r)
+        self.publish_failures = Counter(
+            "harstream_publish_failures",
+            "results not published (disconnected with QoS 0, or the outgoing queue full)",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "harstream_inference_batch_size",
             "model inputs per jitted call",

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
+import paho.mqtt.client as mqtt
 
 from stream import contract
 from stream.broker import EmbeddedBroker, is_listening
@@ -47,6 +48,7 @@ from stream.routes import (
 log = logging.getLogger(__name__)
 
 EVICT_EVERY_S = 1.0
+MAX_QUEUED_PUBLISHES = 100_000  # held by paho while the broker is away; beyond: dropped
 
 
 @dataclass
@@ -118,6 +120,7 @@ class Service:
         self._pending_sub: set[int] = set()
         self._stop_requested = threading.Event()
         self._next_evict = 0.0
+        self._publish_failures = 0
         self._prefix_slash = self.prefix + "/"
 
     # ---------------------------------------------------------------- lifecycle
@@ -168,6 +171,7 @@ class Service:
             persistent=True,
             will=(self.status_topic, self._status("offline"), 1, True),
             manual_ack=True,
+            max_queued=MAX_QUEUED_PUBLISHES,
         )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -359,7 +363,18 @@ class Service:
         self._publish(contract.errors_topic(self.prefix, device), payload)
 
     def _publish(self, topic: str, payload: bytes) -> None:
-        self._client.publish(topic, payload, qos=self.config.qos)
+        rc = self._client.publish(topic, payload, qos=self.config.qos).rc
+        if rc == mqtt.MQTT_ERR_SUCCESS or (rc == mqtt.MQTT_ERR_NO_CONN and self.config.qos):
+            return  # sent, or queued for the reconnect
+        self._publish_failures += 1
+        self.metrics.publish_failures.inc()
+        if self._publish_failures == 1 or self._publish_failures % 1000 == 0:
+            log.warning(
+                "event=publish_failed topic=%s rc=%s failures_total=%d",
+                topic,
+                mqtt.error_string(rc),
+                self._publish_failures,
+            )
 
     # ---------------------------------------------------------------- helpers
 
