@@ -26,7 +26,7 @@ WINDOW_EPS = 1e-3
 
 
 class SeriesLSTM(nn.Module):
-    """LSTM(hidden) over the window's steps, then Dense(2) (tanh) -> Dense(1)."""
+    """LSTM(hidden) over the window's steps, then Dense(2) -> Dense(1) (linear, as in Keras)."""
 
     window: int = 5
     hidden: int = 8
@@ -35,12 +35,12 @@ class SeriesLSTM(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         h = nn.RNN(nn.OptimizedLSTMCell(self.hidden), name="lstm")(x[..., None])[:, -1, :]
-        h = nn.tanh(nn.Dense(self.bottleneck, name="dense1")(h))
+        h = nn.Dense(self.bottleneck, name="dense1")(h)
         return nn.Dense(1, name="out")(h)[:, 0]
 
 
 class SeriesMLP(nn.Module):
-    """Dense(hidden) (relu) -> Dense(2) (relu) -> Dense(1) on the window as a flat vector."""
+    """Dense(hidden, relu) -> Dense(2) -> Dense(1) on the window as a flat vector."""
 
     window: int = 1
     hidden: int = 8
@@ -49,7 +49,7 @@ class SeriesMLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         h = nn.relu(nn.Dense(self.hidden, name="dense1")(x))
-        h = nn.relu(nn.Dense(self.bottleneck, name="dense2")(h))
+        h = nn.Dense(self.bottleneck, name="dense2")(h)
         return nn.Dense(1, name="out")(h)[:, 0]
 
 
