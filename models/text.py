@@ -1,6 +1,7 @@
-"""The text family: Yoon Kim's sentence CNN and the article's simpler convolution stack.
+"""The text family: Yoon Kim's sentence CNN, the article's simpler convolution stack, and
+a hybrid of Kim's CNN over words and over characters.
 
-Both take ``(n, max_len)`` int32 token ids (0 = padding, see ``models.text_prep``) and
+All take ``(n, width)`` int32 token ids (0 = padding, see ``models.text_prep``) and
 return class logits; ``make_forward`` adds the softmax so the served program is one call.
 Padding positions embed to zero vectors, so a message's prediction does not depend on how
 much padding the checkpoint's ``max_len`` adds.
@@ -24,6 +25,17 @@ def _embed(ids: jax.Array, vocab_size: int, dim: int) -> jax.Array:
     return x * (ids != PAD_ID)[..., None].astype(x.dtype)
 
 
+def _kim_features(
+    x: jax.Array, widths: Sequence[int], maps: int, prefix: str = "conv"
+) -> jax.Array:
+    """Parallel VALID convolutions of each width, ReLU, max over time, concatenated."""
+    pooled = [
+        jnp.max(nn.relu(nn.Conv(maps, (w,), padding="VALID", name=f"{prefix}{w}")(x)), axis=1)
+        for w in widths
+    ]
+    return jnp.concatenate(pooled, axis=-1)
+
+
 class KimCNN(nn.Module):
     """Kim (2014): parallel convolutions (widths 3/4/5, 100 maps each), max-over-time, dropout.
 
@@ -40,12 +52,40 @@ class KimCNN(nn.Module):
 
     @nn.compact
     def __call__(self, ids: jax.Array, *, train: bool = False) -> jax.Array:
-        x = _embed(ids, self.vocab_size, self.embed_dim)
-        pooled = [
-            jnp.max(nn.relu(nn.Conv(self.maps, (w,), padding="VALID", name=f"conv{w}")(x)), axis=1)
-            for w in self.widths
-        ]
-        x = jnp.concatenate(pooled, axis=-1)
+        x = _kim_features(_embed(ids, self.vocab_size, self.embed_dim), self.widths, self.maps)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, name="dense")(x)
+
+
+class HybridCNN(nn.Module):
+    """Kim's word CNN beside the same CNN over characters (case kept), features concatenated.
+
+    Input rows hold ``word_len`` word ids then the character ids (see
+    ``models.text_prep.TextEncoder``). Characters see what word tokens lose: spellings
+    such as "FR33" or "txt", capitals, punctuation runs; the linear baseline's strength
+    on this data is exactly its character n-grams.
+    """
+
+    vocab_size: int
+    char_vocab_size: int
+    word_len: int
+    num_classes: int = 2
+    embed_dim: int = 100
+    char_dim: int = 32
+    widths: Sequence[int] = (3, 4, 5)
+    maps: int = 100
+    char_widths: Sequence[int] = (3, 4, 5)
+    char_maps: int = 100
+    dropout: float = 0.5
+
+    @nn.compact
+    def __call__(self, ids: jax.Array, *, train: bool = False) -> jax.Array:
+        words, chars = ids[:, : self.word_len], ids[:, self.word_len :]
+        w = _kim_features(_embed(words, self.vocab_size, self.embed_dim), self.widths, self.maps)
+        c = nn.Embed(self.char_vocab_size, self.char_dim, name="char_embed")(chars)
+        c = c * (chars != PAD_ID)[..., None].astype(c.dtype)
+        c = _kim_features(c, self.char_widths, self.char_maps, prefix="char_conv")
+        x = jnp.concatenate([w, c], axis=-1)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes, name="dense")(x)
 
@@ -82,8 +122,12 @@ class StackCNN(nn.Module):
         return nn.Dense(self.num_classes, name="dense")(x)
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"text-cnn": KimCNN, "text-stack": StackCNN}
-CLI_NAMES = {"kim": "text-cnn", "stack": "text-stack"}
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "text-cnn": KimCNN,
+    "text-stack": StackCNN,
+    "text-hybrid": HybridCNN,
+}
+CLI_NAMES = {"kim": "text-cnn", "stack": "text-stack", "hybrid": "text-hybrid"}
 
 
 def build(arch: str, config: dict[str, Any]) -> nn.Module:
@@ -97,15 +141,15 @@ def build(arch: str, config: dict[str, Any]) -> nn.Module:
     return cls(**config)
 
 
-def init_params(model: nn.Module, max_len: int, seed: int = 0) -> Any:
-    """Initialise parameters for one message of ``max_len`` ids."""
-    ids = jnp.zeros((1, max_len), jnp.int32)
+def init_params(model: nn.Module, width: int, seed: int = 0) -> Any:
+    """Initialise parameters for one message of ``width`` ids."""
+    ids = jnp.zeros((1, width), jnp.int32)
     return model.init(jax.random.PRNGKey(seed), ids)["params"]
 
 
 def min_length(model: nn.Module) -> int:
-    """Shortest ``max_len`` the architecture accepts (the widest VALID convolution)."""
-    return max(getattr(model, "widths", (1,)))
+    """Shortest word or character length the architecture accepts (widest VALID convolution)."""
+    return max(*getattr(model, "widths", (1,)), *getattr(model, "char_widths", (1,)))
 
 
 def make_forward(model: nn.Module):

@@ -1,6 +1,6 @@
 """Save and load text-CNN checkpoints, and build their Predictor.
 
-The Predictor's input is int32 token ids of shape ``(max_len,)`` per message: tokenizing
+The Predictor's input is int32 token ids of shape ``(width,)`` per message: tokenizing
 is Python string work that cannot be jitted, so it happens before the batch is formed
 (:func:`texts_to_ids`), with the vocabulary and length stored in ``meta["text"]``.
 """
@@ -26,7 +26,7 @@ def save(
     for key in ("classes", "text", "name", "version"):
         if key not in full:
             raise ValueError(f"text checkpoint metadata needs {key!r}")
-    full["input_shape"] = [full["text"]["max_len"]]
+    full["input_shape"] = [full["text"]["max_len"] + full["text"].get("char_len", 0)]
     return checkpoint.save(path, params, full)
 
 
@@ -37,35 +37,41 @@ def load(path: str | Path) -> tuple[Any, dict[str, Any], Any]:
         raise checkpoint.CheckpointError(f"{path} holds a {meta['family']!r} model, not text")
     try:
         model = text.build(meta["arch"], meta["arch_config"])
-        vocab, max_len = text_prep.encoder_from_meta(meta)
+        encoder = text_prep.TextEncoder.from_meta(meta)
     except (ValueError, TypeError) as exc:
         raise checkpoint.CheckpointError(f"{path}: {exc}") from None
-    if len(vocab) != model.vocab_size:
-        raise checkpoint.CheckpointError(
-            f"{path}: vocabulary of {len(vocab)} tokens for a model of {model.vocab_size}"
-        )
+    sizes = [(len(encoder.words), model.vocab_size)]
+    if encoder.chars is not None or hasattr(model, "char_vocab_size"):
+        n_chars = len(encoder.chars) if encoder.chars is not None else 0
+        sizes.append((n_chars, getattr(model, "char_vocab_size", 0)))
+    for got, want in sizes:
+        if got != want:
+            raise checkpoint.CheckpointError(
+                f"{path}: vocabulary of {got} tokens for a model of {want}"
+            )
     if len(meta.get("classes", [])) != model.num_classes:
         raise checkpoint.CheckpointError(
             f"{path}: {len(meta.get('classes', []))} class names for a "
             f"{model.num_classes}-class model"
         )
-    expected = jax.eval_shape(lambda: text.init_params(model, max_len))
+    expected = jax.eval_shape(lambda: text.init_params(model, encoder.width))
     params, meta = checkpoint.load(path, expected)
     return model, params, meta
 
 
 def texts_to_ids(texts: Sequence[str], meta: dict[str, Any]) -> np.ndarray:
-    """Raw messages -> the ``(n, max_len)`` int32 ids a text Predictor takes."""
+    """Raw messages -> the ``(n, width)`` int32 ids a text Predictor takes."""
     return text_prep.texts_to_ids(texts, meta)
 
 
 def predictor_from_checkpoint(path: Path, max_batch: int = 256) -> Predictor:
-    """A compiled text predictor: ``(n, max_len)`` token ids in, class probabilities out."""
+    """A compiled text predictor: ``(n, width)`` token ids in, class probabilities out."""
     model, params, meta = load(path)
+    width = text_prep.TextEncoder.from_meta(meta).width
     return Predictor(
         text.make_forward(model),
         params,
-        item_shape=(meta["text"]["max_len"],),
+        item_shape=(width,),
         item_kind="i",
         name=meta["name"],
         version=meta["version"],

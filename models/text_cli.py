@@ -26,8 +26,9 @@ def register(groups: dict[str, Any]) -> None:
     )
     train.add_argument("--data", required=True, help=DATA_HELP)
     train.add_argument(
-        "--model", choices=("kim", "stack"), default="kim",
-        help="kim: Kim (2014) parallel convolutions 3/4/5; stack: the article's 3 x Conv1D(128,5)",
+        "--model", choices=("kim", "stack", "hybrid"), default="kim",
+        help="kim: Kim (2014) parallel convolutions 3/4/5; stack: the article's 3 x "
+        "Conv1D(128,5); hybrid: Kim's CNN over words plus the same over characters",
     )  # fmt: skip
     train.add_argument("--out", default="runs/text-cnn", help="checkpoint directory to write")
     train.add_argument("--epochs", type=int, default=30, help="most epochs (early stopping)")
@@ -43,6 +44,7 @@ def register(groups: dict[str, Any]) -> None:
     )  # fmt: skip
     train.add_argument("--embed-dim", type=int, default=100, help="embedding size")
     train.add_argument("--max-len", type=int, help="tokens per message (default: 99th pct.)")
+    train.add_argument("--char-len", type=int, help="characters per message (hybrid)")
     train.add_argument("--min-count", type=int, default=2, help="rarer training words are OOV")
     train.add_argument("--version", help="version string stored in the checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -80,6 +82,7 @@ def _train(args: argparse.Namespace) -> int:
         embeddings=args.embeddings,
         embed_dim=args.embed_dim,
         max_len=args.max_len,
+        char_len=args.char_len,
         min_count=args.min_count,
         **({"version": args.version} if args.version else {}),
     )

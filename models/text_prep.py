@@ -27,6 +27,7 @@ import numpy as np
 PAD, OOV = "<pad>", "<oov>"
 PAD_ID, OOV_ID = 0, 1
 TOKENIZER = "harstream-words-v1"
+CHAR_TOKENIZER = "harstream-chars-v1"
 TEXT_COLUMNS = ("text", "message")
 LABEL_COLUMNS = ("label", "class")
 
@@ -69,13 +70,28 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
-class Vocabulary:
-    """Token <-> id map; id 0 pads, id 1 stands for every token not seen in training."""
+def characters(text: str) -> list[str]:
+    """Characters of the HTML-stripped text, case kept (capitals are a spam signal)."""
+    return list(strip_html(text))
 
-    def __init__(self, tokens: Sequence[str]) -> None:
+
+SPLITTERS = {"words": tokenize, "chars": characters}
+
+
+class Vocabulary:
+    """Token <-> id map; id 0 pads, id 1 stands for every token not seen in training.
+
+    ``level`` says what a token is: ``words`` (see :func:`tokenize`) or ``chars``.
+    """
+
+    def __init__(self, tokens: Sequence[str], level: str = "words") -> None:
         if list(tokens[:2]) != [PAD, OOV]:
             raise ValueError(f"a vocabulary starts with {PAD!r}, {OOV!r}")
+        if level not in SPLITTERS:
+            raise ValueError(f"unknown vocabulary level {level!r}; expected {sorted(SPLITTERS)}")
         self.tokens = list(tokens)
+        self.level = level
+        self.split = SPLITTERS[level]
         self.index = {t: i for i, t in enumerate(self.tokens)}
         if len(self.index) != len(self.tokens):
             raise ValueError("vocabulary has duplicate tokens")
@@ -84,21 +100,24 @@ class Vocabulary:
         return len(self.tokens)
 
     @classmethod
-    def build(cls, texts: Iterable[str], min_count: int = 2, max_size: int = 20000) -> Vocabulary:
+    def build(
+        cls, texts: Iterable[str], min_count: int = 2, max_size: int = 20000, level: str = "words"
+    ) -> Vocabulary:
         """From training texts only: tokens seen ``min_count`` times, most frequent first.
 
         Rare training tokens stay out so that the OOV embedding is trained on real
         examples of rare words, which is what unseen messages will contain.
         """
-        counts = Counter(tok for text in texts for tok in tokenize(text))
+        split = SPLITTERS[level]
+        counts = Counter(tok for text in texts for tok in split(text))
         kept = [
             t for t, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_count
         ]
-        return cls([PAD, OOV, *kept[: max_size - 2]])
+        return cls([PAD, OOV, *kept[: max_size - 2]], level)
 
     def encode(self, text: str, max_len: int) -> np.ndarray:
         """Ids of ``text``, truncated to ``max_len`` (keeping the start) and right-padded."""
-        ids = [self.index.get(tok, OOV_ID) for tok in tokenize(text)[:max_len]]
+        ids = [self.index.get(tok, OOV_ID) for tok in self.split(text)[:max_len]]
         out = np.full(max_len, PAD_ID, np.int32)
         out[: len(ids)] = ids
         return out
@@ -108,51 +127,89 @@ class Vocabulary:
         return [self.tokens[i] for i in ids if i != PAD_ID]
 
 
-def text_meta(vocab: Vocabulary, max_len: int) -> dict[str, Any]:
-    """The ``meta["text"]`` block of a checkpoint."""
-    return {
-        "tokenizer": TOKENIZER,
-        "lowercase": True,
-        "strip_html": True,
-        "vocab": vocab.tokens,
-        "max_len": int(max_len),
-        "padding": "post",
-        "truncation": "post",
-        "pad_id": PAD_ID,
-        "oov_id": OOV_ID,
-    }
+class TextEncoder:
+    """Raw text -> the fixed-length int32 ids a text model takes.
 
+    Word ids (``max_len`` of them) come first; a model with a character channel also gets
+    ``char_len`` character ids after them, in the same row, so one array per message
+    still goes through the Predictor's batching.
+    """
 
-def encoder_from_meta(meta: dict[str, Any]) -> tuple[Vocabulary, int]:
-    """``(vocabulary, max_len)`` from a checkpoint's metadata, checking the tokenizer."""
-    block = meta.get("text")
-    if not isinstance(block, dict) or "vocab" not in block or "max_len" not in block:
-        raise ValueError("checkpoint metadata has no text block with vocab and max_len")
-    if block.get("tokenizer") != TOKENIZER:
-        raise ValueError(
-            f"checkpoint uses tokenizer {block.get('tokenizer')!r}; "
-            f"this harstream has {TOKENIZER!r}"
-        )
-    return Vocabulary(block["vocab"]), int(block["max_len"])
+    def __init__(
+        self,
+        words: Vocabulary,
+        max_len: int,
+        chars: Vocabulary | None = None,
+        char_len: int = 0,
+    ) -> None:
+        if (chars is None) != (char_len == 0):
+            raise ValueError("a character vocabulary needs char_len > 0, and only then")
+        self.words, self.max_len = words, int(max_len)
+        self.chars, self.char_len = chars, int(char_len)
+
+    @property
+    def width(self) -> int:
+        """Ids per message."""
+        return self.max_len + self.char_len
+
+    def encode(self, text: str) -> np.ndarray:
+        """``(width,)`` int32 ids of one message."""
+        ids = self.words.encode(text, self.max_len)
+        if self.chars is None:
+            return ids
+        return np.concatenate([ids, self.chars.encode(text, self.char_len)])
+
+    def encode_all(self, texts: Sequence[str]) -> np.ndarray:
+        """``(n, width)`` int32 ids of ``texts``."""
+        out = np.zeros((len(texts), self.width), np.int32)
+        for i, text in enumerate(texts):
+            out[i] = self.encode(text)
+        return out
+
+    def meta(self) -> dict[str, Any]:
+        """The ``meta["text"]`` block of a checkpoint."""
+        block: dict[str, Any] = {
+            "tokenizer": TOKENIZER,
+            "lowercase": True,
+            "strip_html": True,
+            "vocab": self.words.tokens,
+            "max_len": self.max_len,
+            "padding": "post",
+            "truncation": "post",
+            "pad_id": PAD_ID,
+            "oov_id": OOV_ID,
+        }
+        if self.chars is not None:
+            block["char_tokenizer"] = CHAR_TOKENIZER
+            block["char_vocab"] = self.chars.tokens
+            block["char_len"] = self.char_len
+        return block
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> TextEncoder:
+        """The encoder a checkpoint was trained with, checking the tokenizers' names."""
+        block = meta.get("text")
+        if not isinstance(block, dict) or "vocab" not in block or "max_len" not in block:
+            raise ValueError("checkpoint metadata has no text block with vocab and max_len")
+        for key, name in (("tokenizer", TOKENIZER), ("char_tokenizer", CHAR_TOKENIZER)):
+            if (key in block or key == "tokenizer") and block.get(key) != name:
+                raise ValueError(
+                    f"checkpoint uses {key} {block.get(key)!r}; this harstream has {name!r}"
+                )
+        chars = Vocabulary(block["char_vocab"], "chars") if "char_vocab" in block else None
+        return cls(Vocabulary(block["vocab"]), block["max_len"], chars, block.get("char_len", 0))
 
 
 def texts_to_ids(texts: Sequence[str], meta: dict[str, Any]) -> np.ndarray:
-    """Raw messages -> ``(n, max_len)`` int32 ids, exactly as the checkpoint was trained."""
-    vocab, max_len = encoder_from_meta(meta)
-    return encode_all(vocab, texts, max_len)
+    """Raw messages -> ``(n, width)`` int32 ids, exactly as the checkpoint was trained."""
+    return TextEncoder.from_meta(meta).encode_all(texts)
 
 
-def encode_all(vocab: Vocabulary, texts: Sequence[str], max_len: int) -> np.ndarray:
-    """``(n, max_len)`` int32 ids of ``texts``."""
-    out = np.zeros((len(texts), max_len), np.int32)
-    for i, text in enumerate(texts):
-        out[i] = vocab.encode(text, max_len)
-    return out
-
-
-def length_for(texts: Iterable[str], quantile: float = 0.99, floor: int = 8) -> int:
+def length_for(
+    texts: Iterable[str], quantile: float = 0.99, floor: int = 8, level: str = "words"
+) -> int:
     """A max length covering ``quantile`` of the training messages' token counts."""
-    lengths = [len(tokenize(t)) for t in texts]
+    lengths = [len(SPLITTERS[level](t)) for t in texts]
     return max(floor, int(np.ceil(np.quantile(lengths, quantile)))) if lengths else floor
 
 

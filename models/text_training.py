@@ -42,6 +42,7 @@ class TextTrainConfig:
     embeddings: str | None = None
     min_count: int = 2
     max_len: int | None = None
+    char_len: int | None = None
     split_seed: int = 0
     test_fraction: float = 0.2
     val_fraction: float = 0.1
@@ -134,6 +135,17 @@ def baselines(
     return reports
 
 
+def build_encoder(config: TextTrainConfig, train_texts: Sequence[str]) -> text_prep.TextEncoder:
+    """Vocabularies and lengths from the training messages only."""
+    words = text_prep.Vocabulary.build(train_texts, min_count=config.min_count)
+    max_len = config.max_len or text_prep.length_for(train_texts)
+    if config.model != "hybrid":
+        return text_prep.TextEncoder(words, max_len)
+    chars = text_prep.Vocabulary.build(train_texts, min_count=config.min_count, level="chars")
+    char_len = config.char_len or text_prep.length_for(train_texts, level="chars")
+    return text_prep.TextEncoder(words, max_len, chars, char_len)
+
+
 def train_text(
     config: TextTrainConfig, out: str | Path, *, progress: bool = True
 ) -> dict[str, Any]:
@@ -155,23 +167,26 @@ def train_text(
     y = np.asarray([index[lab] for lab in labels], np.int32)
     split = stratified_split(labels, config.split_seed, config.test_fraction, config.val_fraction)
     part_texts = {k: [texts[i] for i in getattr(split, k)] for k in ("train", "val", "test")}
-    vocab = text_prep.Vocabulary.build(part_texts["train"], min_count=config.min_count)
-    max_len = config.max_len or text_prep.length_for(part_texts["train"])
+    encoder = build_encoder(config, part_texts["train"])
+    vocab = encoder.words
     arch = text.CLI_NAMES[config.model]
     arch_config = {
         "vocab_size": len(vocab),
         "num_classes": len(classes),
         "embed_dim": config.embed_dim,
     }
+    if encoder.chars is not None:
+        arch_config.update(char_vocab_size=len(encoder.chars), word_len=encoder.max_len)
     model = text.build(arch, arch_config)
-    if max_len < text.min_length(model):
-        raise ValueError(f"max_len {max_len} is shorter than the widest convolution")
+    if min(encoder.max_len, encoder.char_len or encoder.max_len) < text.min_length(model):
+        raise ValueError("max_len/char_len is shorter than the widest convolution")
     log.info(
-        "%d messages: train %d, validation %d, test %d; vocabulary %d, max_len %d",
-        len(texts), len(split.train), len(split.val), len(split.test), len(vocab), max_len,
+        "%d messages: train %d, validation %d, test %d; vocabulary %d, max_len %d, char_len %d",
+        len(texts), len(split.train), len(split.val), len(split.test), len(vocab),
+        encoder.max_len, encoder.char_len,
     )  # fmt: skip
-    ids = {k: text_prep.encode_all(vocab, v, max_len) for k, v in part_texts.items()}
-    params = text.init_params(model, max_len, seed=config.seed)
+    ids = {k: encoder.encode_all(v) for k, v in part_texts.items()}
+    params = text.init_params(model, encoder.width, seed=config.seed)
     found = None
     if config.embeddings:
         matrix, found = glove.embedding_matrix(
@@ -214,7 +229,7 @@ def train_text(
         "name": arch,
         "version": config.version,
         "classes": classes,
-        "text": text_prep.text_meta(vocab, max_len),
+        "text": encoder.meta(),
         "training": {
             "config": asdict(config),
             "data": str(config.data),

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from models.text_prep import encoder_from_meta
+from models.text_prep import TextEncoder
 from stream.routes import PayloadError, Route, Sink, load_family_predictor
 
 FAMILY = "text"
@@ -67,12 +67,9 @@ def build(config: Any, predictor: Any = None) -> Route:
     """The text route for ``config`` (a ServeConfig), loading ``config.text_model`` unless given."""
     if predictor is None:
         predictor = load_family_predictor(FAMILY, config.text_model, config.max_batch)
-    vocab, max_len = encoder_from_meta(predictor.meta)
+    to_ids = TextEncoder.from_meta(predictor.meta).encode
     labels = list(predictor.labels)
     tag = predictor.tag
-
-    def to_ids(text: str) -> np.ndarray:
-        return vocab.encode(text, max_len)
 
     def new_buffer(_id: str, sink: Sink) -> MessageBuffer:
         return MessageBuffer(sink, to_ids)

@@ -45,6 +45,30 @@ def test_stack_cnn_parameter_count_and_short_messages():
     assert jax.eval_shape(text.make_forward(model), _shapes(model, 8), ids).shape == (2, 3)
 
 
+def test_hybrid_cnn_reads_words_then_characters():
+    model = text.HybridCNN(vocab_size=300, char_vocab_size=60, word_len=20, num_classes=2)
+    params = _shapes(model, 20 + 50)
+    kim = count_params(_shapes(text.KimCNN(vocab_size=300, num_classes=2)))
+    chars = 60 * 32 + (3 + 4 + 5) * 32 * 100 + 300
+    assert count_params(params) == kim + chars + 300 * 2  # the dense layer sees 600 features
+    ids = jax.ShapeDtypeStruct((3, 70), jnp.int32)
+    assert jax.eval_shape(text.make_forward(model), params, ids).shape == (3, 2)
+
+
+def test_encoder_with_characters_round_trip():
+    train = ["Call NOW", "call me", "now now"]
+    words = text_prep.Vocabulary.build(train, min_count=1)
+    chars = text_prep.Vocabulary.build(train, min_count=2, level="chars")
+    encoder = text_prep.TextEncoder(words, 4, chars, 10)
+    ids = encoder.encode("call &amp; NOW")
+    assert ids.shape == (14,) and encoder.width == 14
+    assert words.decode(ids[:4]) == ["call", "<oov>", "now"]
+    # characters seen twice in training: a l n o w and space; case is kept
+    assert "".join(c if c != "<oov>" else "?" for c in chars.decode(ids[4:])) == "?all ? ???"
+    again = text_prep.TextEncoder.from_meta({"text": json.loads(json.dumps(encoder.meta()))})
+    np.testing.assert_array_equal(again.encode("call &amp; NOW"), ids)
+
+
 def test_padding_does_not_change_kim_prediction():
     model = text.KimCNN(vocab_size=50, num_classes=2, embed_dim=8, maps=4)
     params = _random_params(model, 30)
@@ -79,15 +103,15 @@ def test_vocabulary_round_trip_oov_padding_and_truncation():
     assert vocab.decode(ids) == ["the", "cat", "sat"]
     assert vocab.decode(vocab.encode("the zebra", 4)) == ["the", text_prep.OOV]
     assert vocab.decode(vocab.encode("the cat sat the cat", 2)) == ["the", "cat"]
-    meta = {"text": json.loads(json.dumps(text_prep.text_meta(vocab, 5)))}
+    meta = {"text": json.loads(json.dumps(text_prep.TextEncoder(vocab, 5).meta()))}
     np.testing.assert_array_equal(text_prep.texts_to_ids(["The cat sat"], meta)[0], ids)
 
 
 def test_meta_from_another_tokenizer_is_refused():
-    meta = {"text": {**text_prep.text_meta(text_prep.Vocabulary(["<pad>", "<oov>"]), 8)}}
+    meta = {"text": text_prep.TextEncoder(text_prep.Vocabulary(["<pad>", "<oov>"]), 8).meta()}
     meta["text"]["tokenizer"] = "someone-else-v9"
     with pytest.raises(ValueError, match="tokenizer"):
-        text_prep.encoder_from_meta(meta)
+        text_prep.TextEncoder.from_meta(meta)
 
 
 def test_reads_sms_layout_and_csv_with_article_column_names(tmp_path):
@@ -149,13 +173,13 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
         "name": "tiny",
         "version": "0",
         "classes": ["a", "b"],
-        "text": text_prep.text_meta(vocab, 10),
+        "text": text_prep.TextEncoder(vocab, 10).meta(),
     }
     text_checkpoint.save(tmp_path / "ok", "text-cnn", config, params, meta)
     _, loaded, got = text_checkpoint.load(tmp_path / "ok")
     np.testing.assert_array_equal(loaded["embed"]["embedding"], params["embed"]["embedding"])
     assert got["input_shape"] == [10]
-    meta["text"] = text_prep.text_meta(text_prep.Vocabulary(["<pad>", "<oov>", "x"]), 10)
+    meta["text"] = text_prep.TextEncoder(text_prep.Vocabulary(["<pad>", "<oov>", "x"]), 10).meta()
     text_checkpoint.save(tmp_path / "bad", "text-cnn", config, params, meta)
     with pytest.raises(checkpoint.CheckpointError, match="vocabulary of 3 tokens"):
         text_checkpoint.load(tmp_path / "bad")
