@@ -157,19 +157,21 @@ def device_streams(
 class SideMessages:
     """One text message and one numeric series through the bus, with their answers."""
 
-    def __init__(self, cfg: BrokerConfig, routes: dict[str, Any], table: LiveTable) -> None:
+    def __init__(
+        self, cfg: BrokerConfig, routes: dict[str, Any], missing: dict[str, str], table: LiveTable
+    ) -> None:
         self.cfg = cfg
         self.routes = routes
+        self.missing = missing
         self.table = table
         self.answers: dict[str, str] = {}
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="demo-side", daemon=True)
 
     def start(self) -> None:
-        missing = [f for f in ("text", "series") if f not in self.routes]
-        for family in missing:
-            self._note(family, "not available in this installation (no route or shipped model)")
-        if len(missing) < 2:
+        for family, reason in self.missing.items():
+            self._note(family, reason)
+        if len(self.missing) < 2:
             self._thread.start()
 
     def stop(self) -> None:
@@ -274,20 +276,21 @@ def run_demo(args: argparse.Namespace) -> int:
     except BrokerUnavailable as exc:
         return fail("demo", str(exc), EXIT_BROKER)
     print(f"harstream demo: loading the models and starting the service ({what}) ...")
-    try:
-        routes = build_routes(config)
-    except (RouteUnavailable, CheckpointError, ConfigError) as exc:
-        return fail("demo", f"cannot load the models: {exc}", EXIT_USAGE)
-    by_family = {route.family: route for route in routes}
-    if "har" not in by_family:
-        return fail("demo", "no HAR model: the shipped one is missing; give --model PATH")
-    service = Service(config, routes=routes)
+    routes, missing = {}, {}
+    for family in ("har", "text", "series"):  # HAR is required, the others are shown if present
+        try:
+            (routes[family],) = build_routes(dataclasses.replace(config, families=[family]))
+        except (RouteUnavailable, CheckpointError, ConfigError, ValueError) as exc:
+            if family == "har":
+                return fail("demo", f"cannot load the HAR model (give --model PATH): {exc}")
+            missing[family] = f"not available in this installation: {exc}"
+    service = Service(config, routes=list(routes.values()))
     try:
         service.start()
         client_cfg = dataclasses.replace(service.broker_config, client_id=cfg.client_id)
         if service.embedded_broker is not None:
             print(f"no broker was running: started the embedded one at {client_cfg.url}")
-        return _stream(args, client_cfg, by_family, devices, streams, what)
+        return _stream(args, client_cfg, routes, missing, devices, streams, what)
     except (ConnectionError, BrokerUnavailable) as exc:
         return fail("demo", str(exc), EXIT_BROKER)
     finally:
@@ -301,6 +304,7 @@ def _stream(
     args: argparse.Namespace,
     cfg: BrokerConfig,
     routes: dict[str, Any],
+    missing: dict[str, str],
     devices: list[str],
     streams: list[Iterator[Chunk]],
     what: str,
@@ -314,7 +318,7 @@ def _stream(
         title = f"harstream demo: {what} -> {cfg.url}, model {routes['har'].predictor.tag}"
         table = LiveTable(runner.scoreboard, devices, title)
         table.start()
-        side = SideMessages(cfg, routes, table)
+        side = SideMessages(cfg, routes, missing, table)
         side.start()
         try:
             runner.publish(streams)
