@@ -207,12 +207,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from models.checkpoint import CheckpointError
     from models.data import DataError
     from models.har_training import evaluate_har
-    from models.registry import load_predictor
+    from models.metrics import save_confusion_png, write_json
 
     try:
-        predictor = load_predictor(args.model, family="har")
-        report, subjects = evaluate_har(
-            predictor,
+        report, subjects, meta = evaluate_har(
+            args.model,
             args.data,
             subjects=args.subjects,
             all_subjects=args.all_subjects,
@@ -221,16 +220,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     except (CheckpointError, DataError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    _print_report(report, f"{predictor.tag} on {len(subjects)} subject(s): {','.join(subjects)}")
-    from models.metrics import save_confusion_png, write_json
-
+    tag = f"{meta['name']}@{meta['version']}"
+    _print_report(report, f"{tag} on {len(subjects)} subject(s): {','.join(subjects)}")
     png = args.png or (
         str(Path(args.json).with_suffix("")) + "-confusion.png" if args.json else DEFAULT_PNG
     )
     if args.json:
         write_json(report, args.json)
         print(f"report written to {args.json}")
-    save_confusion_png(report, predictor.labels, png, title=predictor.tag)
+    save_confusion_png(report, meta["classes"], png, title=tag)
     print(f"confusion matrix saved to {png}")
     return 0
 

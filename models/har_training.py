@@ -211,8 +211,11 @@ def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True)
         return (x - mean) / std, y
 
     steps = max(1, len(train_w) // min(config.batch_size, len(train_w)))
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.lr, warmup_steps=steps, decay_steps=steps * config.epochs
+    schedule = optax.warmup_cosine_decay_schedule(  # one warm-up epoch when there is room
+        0.0,
+        config.lr,
+        warmup_steps=steps if config.epochs > 1 else 0,
+        decay_steps=steps * config.epochs,
     )
     optimizer = optax.adamw(schedule, weight_decay=config.weight_decay)
     validate = training.classification_eval(
@@ -296,32 +299,39 @@ def _chosen_subjects(
 
 
 def evaluate_har(
-    predictor: Any,
+    checkpoint_path: str | Path | None,
     data: str | Path,
     *,
     subjects: Sequence[str] | None = None,
     all_subjects: bool = False,
     hop: int | None = None,
-) -> tuple[dict[str, Any], list[str]]:
-    """Score a HAR ``Predictor`` on labelled data; return ``(report, subjects scored)``.
+) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """Score a HAR checkpoint (the shipped one for ``None``) on labelled data.
 
-    Without ``subjects``, the checkpoint's held-out test subjects are scored when the data
-    holds any of them (so the number is honest), else every subject. Windows whose activity
-    the model does not know are left out with a warning.
+    Returns ``(report, subjects scored, checkpoint meta)``. Without ``subjects``, the
+    checkpoint's held-out test subjects are scored when the data holds any of them (so
+    the number is honest), else every subject. Windows whose activity the model does not
+    know are left out with a warning. One jit-compiled batch size serves the whole data
+    set (a serving ``Predictor`` would compile every bucket).
     """
-    from models import metrics
+    import jax
 
-    dataset = load_windows(data, hop or predictor.meta.get("hop", DEFAULT_HOP))
+    from models import har_checkpoint, metrics, registry, training
+
+    path = checkpoint_path or registry.default_checkpoint("har")
+    model, params, meta = har_checkpoint.load(path)
+    classes = list(meta["classes"])
+    dataset = load_windows(data, hop or meta.get("hop", DEFAULT_HOP))
     log.info(dataset.report.summary())
-    chosen = _chosen_subjects(dataset.windows, predictor.meta, subjects, all_subjects)
+    chosen = _chosen_subjects(dataset.windows, meta, subjects, all_subjects)
     windows = dataset.windows.of_subjects(chosen)
-    known = np.isin(windows.labels, predictor.labels)
+    known = np.isin(windows.labels, classes)
     if not known.all():
         unknown = sorted(set(windows.labels[~known].tolist()))
         if not known.any():
             raise ValueError(
-                f"none of the activities {unknown} in {data} is known to {predictor.tag} "
-                f"(it knows {predictor.labels})"
+                f"none of the activities {unknown} in {data} is known to the model "
+                f"(it knows {classes})"
             )
         log.warning(
             "left out %d window(s) of activities unknown to the model: %s",
@@ -329,11 +339,13 @@ def evaluate_har(
             unknown,
         )
         windows = windows.select(known)
-    probs = predictor.predict(windows.x)
-    predicted = [predictor.labels[i] for i in probs.argmax(axis=1)]
-    report = metrics.classification_report(windows.labels, predicted, predictor.labels)
+    norm = meta["normalization"]
+    forward = jax.jit(har.make_forward(model, np.asarray(norm["mean"]), np.asarray(norm["std"])))
+    probs = training.predict_batches(forward, params, windows.x, batch_size=512)
+    predicted = [classes[i] for i in probs.argmax(axis=1)]
+    report = metrics.classification_report(windows.labels, predicted, classes)
     report["windows"] = len(windows)
-    return report, chosen
+    return report, chosen, meta
 
 
 def train_baseline_report(config: HarTrainConfig, out: str | Path) -> dict[str, Any]:

@@ -1,0 +1,242 @@
+"""Training loop, metrics, subject split, augmentation, summary and the HAR commands.
+
+The end-to-end runs use small generated WISDM-style files (one per subject) whose classes
+differ in gravity direction and rhythm, so a couple of epochs learn them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from harstream.cli import main
+from models import har, metrics, summary, training
+from models.har_training import (
+    class_order,
+    fit_normalization,
+    random_orientations,
+    rotate,
+    split_subjects,
+)
+from models.registry import load_predictor
+
+CODES = "ABCDEM"
+
+
+def write_subject(folder: Path, subject: int, rng: np.random.Generator, per_class: int = 600):
+    """One ``subject,activity,x,y,z;`` file: each class its own gravity axis and rhythm."""
+    lines = []
+    t = np.arange(per_class) / 20.0
+    for k, code in enumerate(CODES):
+        xyz = rng.normal(0, 0.3, (per_class, 3))
+        xyz[:, k % 3] += 9.8 if k < 3 else -9.8
+        xyz[:, (k + 1) % 3] += 3 * np.sin(2 * np.pi * (0.5 + k) * t)
+        lines += [f"{subject},{code},{x:.4f},{y:.4f},{z:.4f};" for x, y, z in xyz]
+    (folder / f"data_{subject}_accel_watch.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("wisdm")
+    rng = np.random.default_rng(0)
+    for subject in range(1600, 1606):
+        write_subject(folder, subject, rng)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(generated, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "har-cnn"
+    code = main(
+        [
+            "train", "har", "--data", str(generated), "--epochs", "3", "--batch-size", "64",
+            "--out", str(out), "--test-subjects", "1600", "--val-subjects", "1601",
+            "--no-progress", "--version", "test", "--lr", "3e-3", "--no-augment",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return out
+
+
+class Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.relu(nn.Dense(16)(x.reshape(x.shape[0], -1)))
+        x = nn.Dropout(0.1, deterministic=not train)(x)
+        return nn.Dense(3)(x)
+
+
+def tiny_run(seed: int):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(192, 8)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 1).astype(np.int32)
+    model = Tiny()
+    params = model.init(jax.random.PRNGKey(seed), x[:1])["params"]
+    validate = training.classification_eval(
+        lambda p, v: model.apply({"params": p}, v), x[:64], y[:64], batch_size=50
+    )
+    return training.fit(
+        training.classifier_loss(model, label_smoothing=0.05),
+        params,
+        (x, y),
+        optax.adam(1e-2),
+        epochs=6,
+        batch_size=32,
+        seed=seed,
+        validate=validate,
+        monitor="val_accuracy",
+        mode="max",
+        progress=False,
+    )
+
+
+def test_fit_lowers_the_loss_and_is_deterministic(tmp_path):
+    first, again = tiny_run(0), tiny_run(0)
+    losses = [h["loss"] for h in first.history]
+    assert losses[-1] < 0.7 * losses[0]
+    assert first.best_value > 0.65
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in first.history]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in again.history]
+    assert jax.tree_util.tree_all(
+        jax.tree_util.tree_map(np.array_equal, first.params, again.params)
+    )
+    assert first.best_epoch == max(range(1, 7), key=lambda e: first.history[e - 1]["val_accuracy"])
+    png = training.save_curves(first.history, tmp_path / "curves.png", best_epoch=2)
+    assert png.stat().st_size > 1000
+
+
+def test_fit_rejects_bad_arguments():
+    x, y = np.zeros((4, 2), np.float32), np.zeros(3, np.int32)
+    with pytest.raises(ValueError, match="differ in length"):
+        training.fit(lambda p, b, r: (0.0, {}), {}, (x, y), optax.sgd(1), epochs=1, batch_size=2)
+    with pytest.raises(ValueError, match="mode"):
+        training.fit(lambda p, b, r: (0.0, {}), {}, (x,), optax.sgd(1), epochs=1, batch_size=2,
+                     mode="up")  # fmt: skip
+
+
+def test_classification_report_keys_and_values(tmp_path):
+    classes = ["walking", "jogging", "sitting"]
+    report = metrics.classification_report(
+        ["walking", "walking", "jogging", "sitting"], [0, 1, 1, 2], classes
+    )
+    assert list(report) == ["accuracy", "macro_f1", "per_class", "confusion"]
+    assert report["accuracy"] == 0.75
+    assert report["confusion"] == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    assert report["per_class"]["walking"] == {
+        "precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2,
+    }  # fmt: skip
+    assert report["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    text = metrics.format_report({**report, "windows": 4})
+    assert "macro F1" in text and "windows" in text and "0.7500" in text
+    assert metrics.save_confusion_png(report, classes, tmp_path / "c.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="'running' is not one of the classes"):
+        metrics.classification_report(["running"], ["walking"], classes)
+
+
+def test_split_is_deterministic_disjoint_and_honours_choices():
+    subjects = [str(s) for s in range(1600, 1641)]
+    split = split_subjects(subjects, seed=0)
+    assert (len(split.train), len(split.val), len(split.test)) == (27, 6, 8)
+    assert split == split_subjects(list(reversed(subjects)), seed=0)
+    assert split != split_subjects(subjects, seed=1)
+    assert not (set(split.train) & set(split.val) or set(split.train) & set(split.test))
+    chosen = split_subjects(subjects, test=["1637", "1638"], val=["1600"])
+    assert chosen.test == ["1637", "1638"] and chosen.val == ["1600"]
+    assert len(chosen.train) == 38
+    with pytest.raises(ValueError, match=r"\['9999'\] not in the data"):
+        split_subjects(subjects, test=["9999"])
+    with pytest.raises(ValueError, match="no subjects left"):
+        split_subjects(["a", "b"], test=["a"], val=["b"])
+
+
+def test_orientations_are_rotations_or_mirrors_and_keep_magnitude():
+    rots = random_orientations(np.random.default_rng(0), 64)
+    eye = np.broadcast_to(np.eye(3), rots.shape)
+    np.testing.assert_allclose(rots @ rots.transpose(0, 2, 1), eye, atol=1e-5)
+    dets = np.linalg.det(rots)
+    assert set(np.round(dets).astype(int)) == {-1, 1}
+    assert np.all(np.abs(rots[:, 2, 2]) > np.cos(np.deg2rad(16)))  # z stays near z
+    x = np.random.default_rng(1).normal(size=(64, 80, 3)).astype(np.float32)
+    norms = np.linalg.norm(rotate(x, rots), axis=2)
+    np.testing.assert_allclose(norms, np.linalg.norm(x, axis=2), rtol=1e-4)
+
+
+def test_normalization_and_class_order():
+    x = np.stack([np.full((10, 80), v) for v in (1.0, 2.0, 3.0)], axis=-1)
+    x[5:, :, 0] = 3.0
+    norm = fit_normalization(x)
+    assert norm["mean"] == pytest.approx([2.0, 2.0, 3.0])
+    assert norm["std"] == pytest.approx([1.0, 1.0, 1.0])
+    assert class_order(["kicking", "walking", "zumba", "sitting", ""]) == [
+        "walking", "sitting", "kicking", "zumba",
+    ]  # fmt: skip
+
+
+def test_summary_of_both_architectures(capsys):
+    assert main(["summary", "har-cnn"]) == 0
+    out = capsys.readouterr().out
+    assert "Total params: 520,486" in out and "(None, 71, 100)" in out and "conv4 (Conv)" in out
+    lstm = har.HarLSTM()
+    rows, total = summary.layer_rows(lstm, jax.ShapeDtypeStruct((1, 80, 3), jnp.float32))
+    assert total == har.count_params(har.init_params(lstm))
+    assert [r[0] for r in rows][:2] == ["lstm1", "lstm2"] and sum(r[3] for r in rows) == total
+
+
+def test_trained_checkpoint_has_its_metadata_and_curves(trained):
+    meta = json.loads((trained / "meta.json").read_text())
+    assert meta["classes"] == ["walking", "jogging", "stairs", "sitting", "standing", "kicking"]
+    assert meta["training"]["split"] == {
+        "train": ["1602", "1603", "1604", "1605"], "val": ["1601"], "test": ["1600"],
+    }  # fmt: skip
+    assert len(meta["normalization"]["mean"]) == 3 and meta["hop"] == 40
+    assert meta["name"] == "har-cnn" and meta["version"] == "test"
+    losses = [h["loss"] for h in meta["training"]["history"]]
+    assert losses[-1] < losses[0]
+    assert meta["metrics"]["test"]["windows"] > 0
+    assert (trained / "curves.png").stat().st_size > 1000
+
+
+def test_evaluate_command_writes_report(trained, generated, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    assert main(["evaluate", "har", "--data", str(generated), "--model", str(trained),
+                 "--json", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    assert {"accuracy", "macro_f1", "per_class", "confusion", "windows"} <= set(report)
+    assert report["accuracy"] > 0.5  # separable synthetic classes, 3 epochs
+    assert (tmp_path / "report-confusion.png").is_file()
+    assert "har-cnn@test on 1 subject(s): 1600" in capsys.readouterr().out
+    predictor = load_predictor(trained, max_batch=1)
+    assert predictor.predict(np.zeros((2, 240), np.float32)).shape == (2, 6)
+
+
+def test_evaluate_command_errors_are_clear(trained, tmp_path, caplog):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("time,a,b\n1,2,3\n")
+    assert main(["evaluate", "har", "--data", str(bad), "--model", str(trained)]) == 2
+    assert "unknown layout" in caplog.text
+    assert main(["evaluate", "har", "--data", str(bad), "--model", str(tmp_path)]) == 2
+    assert "not a harstream checkpoint" in caplog.text
+
+
+def test_real_data_smoke(shared_data, tmp_path):
+    """Few real subjects, one epoch: the pipeline runs end to end on the real layout."""
+    from models.har_training import HarTrainConfig, train_har
+
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for subject in (1600, 1601, 1602, 1603):
+        name = f"data_{subject}_accel_watch.txt"
+        (folder / name).symlink_to(shared_data / "wisdm2019-watch-accel-6" / name)
+    config = HarTrainConfig(data=str(folder), epochs=1, batch_size=200, version="smoke")
+    meta = train_har(config, tmp_path / "out", progress=False)
+    split = meta["training"]["split"]
+    assert len(split["train"]) == 2 and len(split["val"]) == 1 and len(split["test"]) == 1
+    assert meta["training"]["windows"]["train"] > 600
+    assert 0.0 <= meta["metrics"]["test"]["accuracy"] <= 1.0
