@@ -147,17 +147,23 @@ class EmbeddedBroker:
 
 
 class MosquittoBroker:
-    """A private ``mosquitto`` subprocess with a generated config on a loopback port."""
+    """A private ``mosquitto`` subprocess with a generated config on a loopback port.
+
+    ``extra`` is appended to the config; listener options there (e.g. TLS files) apply to
+    its one listener.
+    """
 
     kind = "mosquitto"
 
-    def __init__(self, port: int, host: str = LOOPBACK, binary: str = "mosquitto") -> None:
+    def __init__(
+        self, port: int, host: str = LOOPBACK, binary: str = "mosquitto", extra: str = ""
+    ) -> None:
         self.host = host
         self.port = port
         self.binary = binary
         self._dir = tempfile.TemporaryDirectory(prefix="harstream-mosquitto-")
         self.config_path = Path(self._dir.name) / "mosquitto.conf"
-        self.config_path.write_text(MOSQUITTO_CONF.format(host=host, port=port))
+        self.config_path.write_text(MOSQUITTO_CONF.format(host=host, port=port) + extra)
         self._proc: subprocess.Popen | None = None
 
     @property

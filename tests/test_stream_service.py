@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -35,12 +37,16 @@ def mqtt_version(broker) -> str:
 class Client:
     """A test device and observer: publishes QoS 1, records everything under a prefix."""
 
-    def __init__(self, host: str, port: int, prefix: str, version: str = "5") -> None:
+    def __init__(self, host: str, port: int, prefix: str, version: str = "5", **tls) -> None:
         self.prefix = prefix
         self.messages: dict[str, list[bytes]] = defaultdict(list)
         self._cond = threading.Condition()
         cfg = BrokerConfig(
-            host=host, port=port, mqtt_version=version, client_id=f"test-{uuid.uuid4().hex[:10]}"
+            host=host,
+            port=port,
+            mqtt_version=version,
+            client_id=f"test-{uuid.uuid4().hex[:10]}",
+            **tls,
         )
         self._subscribed = threading.Event()
         self.client = make_client(cfg, persistent=False)
@@ -103,7 +109,7 @@ def serve(broker, har_predictor, prefix):
         broker_cfg = BrokerConfig(
             host=broker.host,
             port=broker.port,
-            mqtt_version=mqtt_version(broker),
+            mqtt_version=overrides.pop("mqtt_version", mqtt_version(broker)),
             client_id=overrides.pop("client_id", f"serve-{prefix}"),
             explicit=True,
         )
@@ -253,15 +259,22 @@ def test_out_of_order_and_duplicate_samples_are_dropped_and_counted(serve, devic
 
 
 @pytest.mark.skipif(mosquitto_binary() is None, reason="needs the mosquitto binary")
-def test_service_reconnects_when_the_broker_restarts(har_predictor, prefix):
+@pytest.mark.parametrize("version", ["5", "3.1.1"])
+def test_service_reconnects_when_the_broker_restarts(har_predictor, prefix, version):
     own = MosquittoBroker(free_port())
     own.start()
-    cfg = BrokerConfig(host=own.host, port=own.port, client_id=f"serve-{prefix}", explicit=True)
+    cfg = BrokerConfig(
+        host=own.host,
+        port=own.port,
+        mqtt_version=version,
+        client_id=f"serve-{prefix}",
+        explicit=True,
+    )
     service = Service(
         ServeConfig(broker=cfg, prefix=prefix, families=["har"], max_batch=16),
         predictors={"har": har_predictor},
     ).start()
-    dev = Client(own.host, own.port, prefix)
+    dev = Client(own.host, own.port, prefix, version)
     try:
         dev.samples("d", 0, 80)
         dev.wait_for("d", 1)
@@ -283,9 +296,12 @@ def test_service_reconnects_when_the_broker_restarts(har_predictor, prefix):
         own.close()
 
 
-def test_service_restart_loses_nothing_published_meanwhile(broker, serve, device, prefix):
+@pytest.mark.parametrize("version", ["5", "3.1.1"])
+def test_service_restart_loses_nothing_published_meanwhile(broker, serve, device, version):
+    if version == "5" and broker.kind == "amqtt":
+        pytest.skip("amqtt speaks MQTT 3.1.1 only")
     total = 400
-    first = serve(hop=1)
+    first = serve(hop=1, mqtt_version=version)
     publisher_done = threading.Event()
 
     def publish_slowly() -> None:
@@ -303,7 +319,7 @@ def test_service_restart_loses_nothing_published_meanwhile(broker, serve, device
     first.stop()
     seen_first = first.metrics.value("harstream_samples_total", family="har")
     time.sleep(0.3)
-    second = serve(hop=1)  # same client id: resumes the persistent session
+    second = serve(hop=1, mqtt_version=version)  # same client id: resumes the session
     thread.join(WAIT)
     assert publisher_done.is_set()
     deadline = time.monotonic() + WAIT
@@ -375,3 +391,70 @@ def test_sigterm_publishes_offline_and_exits_zero(broker, har_model_path, prefix
     statuses = watcher.wait_for("service", 2, "status")
     assert statuses[-1]["status"] == "offline"
     watcher.close()
+
+
+def test_unreachable_broker_fails_clearly(har_predictor):
+    cfg = BrokerConfig(port=free_port(), explicit=True)
+    config = ServeConfig(broker=cfg, families=["har"], connect_timeout=0.5)
+    with pytest.raises(ConnectionError, match="could not connect"):
+        Service(config, predictors={"har": har_predictor}).start()
+
+
+def make_certificates(tmp: Path) -> dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp, check=True, capture_output=True)
+
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=t")
+    (tmp / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        run("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        run(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile", "san.ext",
+        )  # fmt: skip
+    return {n: tmp / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+@pytest.mark.skipif(
+    mosquitto_binary() is None or shutil.which("openssl") is None,
+    reason="needs the mosquitto and openssl binaries",
+)
+def test_tls_with_client_certificates(har_predictor, prefix):
+    # mosquitto started as root reads its certificates as the "mosquitto" user: a private
+    # but world-readable directory, not pytest's root-only tmp_path
+    tmp = Path(tempfile.mkdtemp(prefix="harstream-tls-"))
+    tmp.chmod(0o755)
+    files = make_certificates(tmp)
+    for path in files.values():
+        path.chmod(0o644)
+    extra = (
+        f"cafile {files['ca.pem']}\ncertfile {files['server.pem']}\n"
+        f"keyfile {files['server.key']}\nrequire_certificate true\n"
+    )
+    own = MosquittoBroker(free_port(), extra=extra)
+    own.start()
+    tls = {
+        "tls": True,
+        "ca_file": files["ca.pem"],
+        "cert_file": files["client.pem"],
+        "key_file": files["client.key"],
+    }
+    cfg = BrokerConfig(
+        host=own.host, port=own.port, client_id=f"serve-{prefix}", explicit=True, **tls
+    )
+    service = Service(
+        ServeConfig(broker=cfg, prefix=prefix, families=["har"]), predictors={"har": har_predictor}
+    ).start()
+    try:
+        dev = Client(own.host, own.port, prefix, **tls)
+        dev.samples("secure", 0, 80)
+        (pred,) = dev.wait_for("secure", 1)
+        assert pred["seq"] == 1
+        dev.close()
+    finally:
+        service.stop()
+        own.close()
+        shutil.rmtree(tmp)
