@@ -21,6 +21,7 @@ API (stable; other families build on it):
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import numpy as np
 import optax
 
 Batch = tuple[np.ndarray, ...]
+log = logging.getLogger(__name__)
 LossFn = Callable[[Any, tuple[jax.Array, ...], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
 
@@ -193,6 +195,13 @@ def fit(
             bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "epoch"})
             bar.close()
         history.append(record)
+        log.info(
+            "%s epoch %d/%d: %s",
+            desc,
+            epoch,
+            epochs,
+            ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"),
+        )
         if monitor not in record:
             raise KeyError(f"monitor {monitor!r} not among the epoch metrics {sorted(record)}")
         value = record[monitor]
