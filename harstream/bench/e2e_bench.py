@@ -189,18 +189,24 @@ def _broker_argv(broker: Any) -> list[str]:
     return argv
 
 
+def client_settings(running: Any) -> Any:
+    """The ``BrokerConfig`` for a ``stream.broker`` broker (amqtt speaks MQTT 3.1.1 only)."""
+    from stream.connection import BrokerConfig
+
+    version = "5" if running.kind == "mosquitto" else "3.1.1"
+    return BrokerConfig(host=running.host, port=running.port, mqtt_version=version)
+
+
 @contextlib.contextmanager
 def bench_broker(broker: Any | None) -> Iterator[tuple[Any, str]]:
     """``(BrokerConfig, kind)``: the given broker, or a private one on a free loopback port."""
     from stream.broker import isolated_broker
-    from stream.connection import BrokerConfig
 
     if broker is not None:
         yield broker, "external"
         return
-    with isolated_broker() as b:
-        version = "5" if b.kind == "mosquitto" else "3.1.1"
-        yield BrokerConfig(host=b.host, port=b.port, mqtt_version=version), b.kind
+    with isolated_broker() as running:
+        yield client_settings(running), running.kind
 
 
 def measure(

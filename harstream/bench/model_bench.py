@@ -94,14 +94,19 @@ def load_family(family: str, max_batch: int, workdir: Path) -> tuple[Any, str, f
 
 
 def random_har_checkpoint(arch: str, path: Path, seed: int = 1) -> Path:
-    """A HAR checkpoint with random weights, written through the normal checkpoint code."""
+    """A HAR checkpoint with random weights, written through the normal checkpoint code.
+
+    Initialisation runs under ``jax.jit``: eagerly, each of its operations would compile
+    on its own (tens of seconds on a busy 2-core machine).
+    """
+    import jax
+
     from models import har, har_checkpoint
 
     model = har.build(arch, {"num_classes": 6})
+    params = jax.jit(lambda: har.init_params(model, seed=seed))()
     meta = {**RANDOM_HAR_META, "name": arch}
-    return har_checkpoint.save(
-        path, arch, {"num_classes": 6}, har.init_params(model, seed=seed), meta
-    )
+    return har_checkpoint.save(path, arch, {"num_classes": 6}, params, meta)
 
 
 def sample_input(predictor: Any, batch: int, rng: np.random.Generator) -> np.ndarray:
