@@ -25,6 +25,7 @@ def register(groups: dict[str, Any]) -> None:
     lag.add_argument("--out", default="runs/lag", help="directory for the PNG and results")
     lag.add_argument("--lags", type=int, nargs="*", default=[20, 50], help="long lags to test")
     lag.add_argument("--epochs", type=int, default=300, help="most epochs (early stopping)")
+    lag.add_argument("--patience", type=int, default=40, help="epochs without improvement")
     lag.add_argument("--seed", type=int, default=0)
     lag.set_defaults(func=_lag)
 
@@ -58,7 +59,9 @@ def _lag(args: argparse.Namespace) -> int:
     if any(lag < 1 for lag in args.lags):
         log.error("lags must be positive, got %s", args.lags)
         return 2
-    cases = lag_experiment.run(seed=args.seed, epochs=args.epochs, long_lags=tuple(args.lags))
+    cases = lag_experiment.run(
+        seed=args.seed, epochs=args.epochs, long_lags=tuple(args.lags), patience=args.patience
+    )
     table = lag_experiment.table(cases)
     print(table)
     out = Path(args.out)
