@@ -16,6 +16,7 @@ from replay.publisher import BrokerUnavailable, check_samples_per_message
 from replay.runner import Runner, RunSettings
 from stream.config import SERVE_OPTIONS, ConfigError, load_toml, resolve
 from stream.connection import BrokerConfig, broker_config, default_client_id
+from stream.contract import check_prefix
 
 EXIT_USAGE = 2
 EXIT_BROKER = 1
@@ -40,6 +41,7 @@ def connection(args: argparse.Namespace, tool: str) -> tuple[BrokerConfig, dict[
     cfg = broker_config(args, default_client_id=client_id, toml=toml)
     names = ("prefix", "hop", "max_gap")
     service = resolve([o for o in SERVE_OPTIONS if o.name in names], args, toml)
+    check_prefix(service["prefix"])
     return cfg, service
 
 
@@ -71,7 +73,7 @@ class Progress:
 
 
 def finish(runner: Runner, args: argparse.Namespace, **extra: Any) -> int:
-    """Wait for the last predictions, print the report, write JSON; the exit code."""
+    """Print the report (or what was sent), write the JSON; returns the exit code."""
     report = runner.report(**extra)
     if runner.settings.compare:
         print(format_report(report))

@@ -23,10 +23,10 @@ import numpy as np
 import orjson
 
 from replay.pacing import Chunk
+from stream.codec import DEFAULT_RATE_HZ
+from stream.config import ServeConfig
 
-WINDOW = 80
-DEFAULT_HOP = 20
-DEFAULT_RATE_HZ = 20.0
+WINDOW = 80  # models.har.WINDOW, not imported: that would load JAX into every tool
 MATCH_TOLERANCE_S = 1e-3  # the service may recompute t0 + i / rate_hz with rounding
 
 
@@ -146,9 +146,9 @@ class WindowCounter:
     seconds restarting the window.
     """
 
-    hop: int = DEFAULT_HOP
+    hop: int = ServeConfig.hop
     rate_hz: float = DEFAULT_RATE_HZ
-    max_gap: float = 1.0
+    max_gap: float = ServeConfig.max_gap
     window: int = WINDOW
     _done: int = 0
     _first: float | None = None

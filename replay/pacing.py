@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_RATE_HZ = 20.0
+from stream.codec import DEFAULT_RATE_HZ
 
 
 @dataclass

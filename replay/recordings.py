@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from models.data import DataError, LoadReport, Recording, load_recordings
-from replay.pacing import DEFAULT_RATE_HZ, Track
+from replay.pacing import Track
+from stream.codec import DEFAULT_RATE_HZ
 from stream.contract import ID_RULE, is_valid_id
 
 

@@ -14,13 +14,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from replay.compare import DEFAULT_HOP, Scoreboard, TruthLog, WindowCounter
+from replay.compare import Scoreboard, TruthLog, WindowCounter
 from replay.pacing import Chunk, paced
 from replay.publisher import Publisher, close_client, open_client
+from stream.config import ServeConfig
 from stream.connection import BrokerConfig
 from stream.contract import DEFAULT_PREFIX, subscription
-
-DEFAULT_MAX_GAP_S = 1.0
 
 
 @dataclass
@@ -36,8 +35,8 @@ class RunSettings:
     speed: float = 1.0
     duration: float | None = None
     compare: bool = False
-    hop: int = DEFAULT_HOP
-    max_gap: float = DEFAULT_MAX_GAP_S
+    hop: int = ServeConfig.hop  # the service's settings, to count the windows it will cut
+    max_gap: float = ServeConfig.max_gap
     wait: float = 5.0
     truth_capacity: int | None = None
 
