@@ -305,6 +305,7 @@ class Service:
             self._handle(msg)
         except Exception:  # never let one message take the service down
             log.exception("event=handler_failed topic=%r", msg.topic)
+            self.metrics.errors.labels("unknown", "internal").inc()
         if msg.qos:
             client.ack(msg.mid, msg.qos)
 
