@@ -1,0 +1,77 @@
+"""The inference worker: batching across ids, the bounded queue's drop policy, draining on stop."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream.engine import DeviceSink, InferenceWorker
+from stream.metrics import ServiceMetrics
+from stream.routes import Route
+
+
+class CountingPredictor:
+    """Duck-typed Predictor: row sums as the 'output', and a record of batch sizes."""
+
+    max_batch = 8
+    item_shape = (4, 3)
+    dtype = np.float32
+    tag = "sum@1"
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def predict_valid(self, x: np.ndarray) -> np.ndarray:
+        self.calls.append(len(x))
+        return x.sum(axis=(1, 2))[:, None]
+
+
+def make_worker(queue_size: int = 64):
+    published: list[tuple[str, bytes]] = []
+    predictor = CountingPredictor()
+    route = Route(
+        family="sum",
+        suffix="in",
+        out_suffix="out",
+        decode=lambda payload, content_type: payload,
+        new_buffer=lambda device, sink: None,
+        predictor=predictor,
+        encode=lambda device, info, out, p, latency: f"{device}:{info}:{out[0]:g}".encode(),
+    )
+    metrics = ServiceMetrics()
+    fm = metrics.family("sum")
+    worker = InferenceWorker(
+        route, lambda t, p: published.append((t, p)), fm, prefix="pre", queue_size=queue_size
+    )
+    return worker, predictor, published, metrics, fm
+
+
+def test_queued_inputs_from_many_ids_run_as_one_batch_and_are_published():
+    worker, predictor, published, metrics, fm = make_worker()
+    for i in range(5):
+        DeviceSink(f"d{i}", worker, fm).emit(np.full((4, 3), i, np.float32), i, 0.0)
+    worker.start()
+    worker.stop()
+    assert predictor.calls == [5]
+    assert published == [(f"pre/d{i}/out", f"d{i}:{i}:{12 * i}".encode()) for i in range(5)]
+    assert metrics.value("harstream_predictions_total", family="sum") == 5
+    assert metrics.value("harstream_inference_batch_size_sum", family="sum") == 5
+
+
+def test_batches_are_capped_at_max_batch():
+    worker, predictor, published, _, fm = make_worker()
+    for i in range(19):
+        DeviceSink("d", worker, fm).emit(np.zeros((4, 3), np.float32), i, 0.0)
+    worker.start()
+    worker.stop()
+    assert predictor.calls == [8, 8, 3] and len(published) == 19
+
+
+def test_full_queue_drops_the_oldest_and_counts_it():
+    worker, _, published, metrics, fm = make_worker(queue_size=2)
+    sink = DeviceSink("d", worker, fm)
+    for i in range(5):
+        sink.emit(np.zeros((4, 3), np.float32), i, 0.0)
+    assert metrics.value("harstream_drops_total", family="sum", reason="queue_full") == 3
+    worker.start()
+    worker.stop()
+    assert [p for _, p in published] == [b"d:3:0", b"d:4:0"]
