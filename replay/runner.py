@@ -121,8 +121,9 @@ class Runner:
         return sum(c.expected for c in self.counters.values())
 
     def wait_for_predictions(self, progress: Callable[[], None] | None = None) -> None:
-        """Wait until every expected window was received, or none came for ``wait`` s."""
-        if not self.settings.compare:
+        """Wait until every expected window was received, or none came for ``wait`` s
+        (not at all after Ctrl-C)."""
+        if not self.settings.compare or self.interrupted:
             return
         last_count, last_change = -1, time.monotonic()
         try:
