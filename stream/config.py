@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stream.contract import check_prefix
+
 ENV_PREFIX = "HARSTREAM_"
 
 
@@ -240,3 +242,7 @@ class ServeConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        try:
+            check_prefix(self.prefix)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None

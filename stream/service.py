@@ -133,8 +133,9 @@ class Service:
             if not self.config.embedded_broker:
                 log.warning(
                     "event=no_broker url=%s: nothing listens and the embedded broker is off; "
-                    "retrying until one appears",
+                    "waiting up to %g s for one",
                     cfg.url,
+                    self.config.connect_timeout,
                 )
             else:
                 self.embedded_broker = EmbeddedBroker(cfg.host, cfg.port)

@@ -43,6 +43,7 @@ def test_flags_beat_environment_beat_toml(tmp_path):
         (["--broker", "http://x"], {}, "", "mqtt://"),
         (["--ca-file", "/nonexistent.pem", "--broker", "mqtts://b"], {}, "", "does not exist"),
         (["--password", "p"], {}, "", "user name"),
+        (["--prefix", "har/#"], {}, "", "prefix"),
     ],
 )
 def test_bad_settings_name_their_source(tmp_path, argv, env, toml, match):
