@@ -47,6 +47,9 @@ def test_bench_model_writes_the_documented_json(tmp_path, capsys):
         assert 0 < row["p50_ms"] <= row["p99_ms"] and row["items_per_s"] > 0
         if row["runtime"] != "jax":
             assert row["p50_ratio_vs_jax"] > 0 and row["threads"] == 1
+    assert {(r["runtime"], r["batch"]) for r in report["ratios"]} == {
+        (runtime, b) for runtime in _installed_runtimes() for b in (1, 2)
+    }
     (model,) = report["models"]
     assert set(model["compile_s"]) == {"1", "2"} and model["load_s"] >= 0
     for runtime in peers.RUNTIMES:

@@ -285,6 +285,9 @@ def summarize(
         "samples_per_s": round(samples / span if span > 0 else 0.0, 1),
         "target_msgs_per_s": round(target, 1),
         "service_cpu_percent": cpu_percent,
+        "generator_cpu_percent": round(100 * sum(r.cpu_s for r in results) / span, 1)
+        if span > 0
+        else None,
         "generator_max_lag_ms": round(max(r.max_lag_s for r in results) * 1e3, 1),
         "duplicates": sum(r.duplicates for r in results),
         "unmatched": sum(r.unmatched for r in results),
@@ -436,6 +439,7 @@ def format_point(name: str, p: dict[str, Any], bound_ms: float) -> str:
     """One human-readable line per measured point."""
     lat = p["latency_ms"]
     cpu = "n/a" if p["service_cpu_percent"] is None else f"{p['service_cpu_percent']:.0f}%"
+    cpu += f", generator {p['generator_cpu_percent']:.0f}%" if p["generator_cpu_percent"] else ""
     verdict = "held" if p["held"] else f"NOT held (bound {bound_ms:g} ms, no loss, on schedule)"
     return (
         f"  {name:<8} devices={p['devices']:<6} p50={lat['p50']:.2f} p90={lat['p90']:.2f} "

@@ -87,6 +87,7 @@ class LoadResult:
     samples: int = 0
     span_s: float = 0.0
     max_lag_s: float = 0.0
+    cpu_s: float = 0.0  # this process's CPU time while streaming and draining
 
 
 def run_load(
@@ -222,6 +223,7 @@ class _Generator:
     def _stream(self, client: Any, events: list, start_unix: float) -> LoadResult:
         spec = self.spec
         start = start_unix + time.perf_counter() - time.time()
+        cpu0 = time.process_time()
         publish, qos, published = client.publish, spec.qos, self.published
         perf_counter, sleep = time.perf_counter, time.sleep
         max_lag, sent = 0.0, 0
@@ -246,6 +248,7 @@ class _Generator:
         result.samples = sent * spec.samples_per_message
         result.span_s = last - start
         result.max_lag_s = max_lag
+        result.cpu_s = time.process_time() - cpu0
         return result
 
     def _match(self, starts: np.ndarray) -> LoadResult:

@@ -179,6 +179,7 @@ def run(config: ModelBenchConfig, log=print) -> ModelBenchRun:
                 log(_format_rows(rows))
     report = {
         "results": results,
+        "ratios": peer_ratios(results),
         "models": models,
         "skipped": skipped,
         "settings": _settings(config),
@@ -229,6 +230,36 @@ def _format_rows(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def peer_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per family, batch and peer runtime: its best thread setting against JAX.
+
+    ``p50_ratio`` is peer p50 / JAX p50 (above 1: harstream is faster per call);
+    ``throughput_ratio`` is peer items/s / JAX items/s (below 1: harstream does more).
+    """
+    jax_rows = {(r["family"], r["batch"]): r for r in results if r["runtime"] == "jax"}
+    best: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for r in results:
+        key = (r["family"], r["batch"], r["runtime"])
+        if r["runtime"] != "jax" and (key not in best or r["p50_ms"] < best[key]["p50_ms"]):
+            best[key] = r
+    out = []
+    for (family, batch, runtime), r in best.items():
+        j = jax_rows[(family, batch)]
+        out.append(
+            {
+                "family": family,
+                "batch": batch,
+                "runtime": runtime,
+                "threads": r["threads"],
+                "jax_p50_ms": j["p50_ms"],
+                "peer_p50_ms": r["p50_ms"],
+                "p50_ratio": round(r["p50_ms"] / j["p50_ms"], 3),
+                "throughput_ratio": round(r["items_per_s"] / j["items_per_s"], 3),
+            }
+        )
+    return out
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The human-readable table of a ``bench model`` report."""
     lines = ["model     ready_s  load_s  compile_s per bucket"]
@@ -239,6 +270,14 @@ def format_report(report: dict[str, Any]) -> str:
             f"  ({m['model']}, {m['weights']} weights)"
         )
     lines += ["", "per call (results on host):", _format_rows(report["results"])]
+    if report["ratios"]:
+        lines += ["", "peers at their best thread setting (ratio = peer / harstream):"]
+        lines += [
+            f"  {r['family']:<8} batch={r['batch']:<4} {r['runtime']:<12} threads={r['threads']:<2}"
+            f" p50 {r['peer_p50_ms']:9.3f} ms vs jax {r['jax_p50_ms']:9.3f} ms"
+            f"  time x{r['p50_ratio']:.2f}  throughput x{r['throughput_ratio']:.2f}"
+            for r in report["ratios"]
+        ]
     for what, why in report["skipped"].items():
         lines.append(f"skipped {what}: {why}")
     return "\n".join(lines)
