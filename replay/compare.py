@@ -263,6 +263,11 @@ class Scoreboard:
                 self.hits += label == activity
             self.latest[device] = Latest(activity, confidence, label, latency, received_at)
 
+    def latest_copy(self) -> dict[str, Latest]:
+        """Each device's most recent prediction (a copy, safe to read from any thread)."""
+        with self._lock:
+            return dict(self.latest)
+
     @property
     def running_accuracy(self) -> float | None:
         with self._lock:

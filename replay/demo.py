@@ -66,7 +66,7 @@ class LiveTable:
             f"{'device':<12} {'true activity':<14} {'predicted':<14} {'confidence':>10} "
             f"{'latency':>10}"
         )
-        latest = dict(self.board.latest)
+        latest = self.board.latest_copy()
         for device in self.devices:
             row = latest.get(device)
             if row is None:
