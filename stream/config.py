@@ -179,7 +179,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "SECONDS",
     ),
     Option("max_batch", "int", 128, "largest inference batch (power-of-two buckets)", "N"),
-    Option("max_wait_ms", "float", 2.0, "how long a batch waits for more windows", "MS"),
+    Option("max_wait_ms", "float", 2.0, "how long a forming batch waits for more windows", "MS"),
     Option("queue_size", "int", 4096, "ready windows waiting for inference (oldest dropped)", "N"),
     Option("max_devices", "int", 10000, "live device buffers per family (LRU evicted)", "N"),
     Option("idle_ttl", "float", 300.0, "evict a device's buffer after this idle time", "SECONDS"),

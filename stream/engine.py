@@ -1,10 +1,13 @@
 """The inference worker: a bounded ready queue, batching across ids, one jitted call, publish.
 
 One :class:`InferenceWorker` serves one route. Buffers on the MQTT thread hand ready
-inputs to it through a :class:`DeviceSink`; the worker waits for the first input, gathers
-whatever else arrives within ``max_wait_s`` (up to ``max_batch``), stacks the batch into a
-preallocated array, runs ``predictor.predict_valid`` once (pre-compiled power-of-two
-buckets) and publishes one encoded result per input.
+inputs to it through a :class:`DeviceSink`; the worker waits for the first input and takes
+everything already queued (up to ``max_batch``). A lone input runs at once, so a quiet
+service adds no wait; when several were queued (a burst from many devices is under way)
+the batch also waits up to ``max_wait_s`` for more. While one batch runs, the next one
+forms in the queue. The batch is stacked into a preallocated array, run through
+``predictor.predict_valid`` once (pre-compiled power-of-two buckets) and one encoded result
+per input is published.
 
 When the queue is full the OLDEST waiting input is dropped (its prediction would be the
 stalest), counted as ``harstream_drops_total{reason="queue_full"}`` and logged.
@@ -117,6 +120,8 @@ class InferenceWorker:
                 try:
                     item = get_nowait()
                 except queue.Empty:
+                    if len(items) == 1:
+                        break  # a lone input, no burst under way: run it at once
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0:
                         break

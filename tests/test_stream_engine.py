@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from stream.engine import DeviceSink, InferenceWorker
@@ -25,7 +27,7 @@ class CountingPredictor:
         return x.sum(axis=(1, 2))[:, None]
 
 
-def make_worker(queue_size: int = 64):
+def make_worker(queue_size: int = 64, max_wait_s: float = 0.002):
     published: list[tuple[str, bytes]] = []
     predictor = CountingPredictor()
     route = Route(
@@ -40,7 +42,12 @@ def make_worker(queue_size: int = 64):
     metrics = ServiceMetrics()
     fm = metrics.family("sum")
     worker = InferenceWorker(
-        route, lambda t, p: published.append((t, p)), fm, prefix="pre", queue_size=queue_size
+        route,
+        lambda t, p: published.append((t, p)),
+        fm,
+        prefix="pre",
+        queue_size=queue_size,
+        max_wait_s=max_wait_s,
     )
     return worker, predictor, published, metrics, fm
 
@@ -75,3 +82,14 @@ def test_full_queue_drops_the_oldest_and_counts_it():
     worker.start()
     worker.stop()
     assert [p for _, p in published] == [b"d:3:0", b"d:4:0"]
+
+
+def test_a_lone_input_does_not_wait_for_company():
+    worker, predictor, published, _, fm = make_worker(max_wait_s=600.0)
+    worker.start()
+    DeviceSink("alone", worker, fm).emit(np.ones((4, 3), np.float32), 0, 0.0)
+    deadline = time.monotonic() + 30
+    while not published and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert published == [("pre/alone/out", b"alone:0:12")] and predictor.calls == [1]
+    worker.stop()
