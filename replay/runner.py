@@ -99,11 +99,11 @@ class Runner:
         self.started = time.monotonic()
         try:
             for chunk in paced(streams, self.settings.speed, self.stop):
-                sent_at = time.perf_counter()
+                if self.settings.compare:  # before publishing: the answer may come at once
+                    self.truth.record(chunk, time.perf_counter())
                 if not self.publisher.send(chunk, self.stop):
                     break
                 if self.settings.compare:
-                    self.truth.record(chunk, sent_at)
                     self.counters[chunk.device].add(chunk.t)
                 if progress is not None:
                     progress(chunk.t.size)
