@@ -100,23 +100,31 @@ def test_bench_train_rejects_a_single_epoch(capsys):
     assert "epochs" in capsys.readouterr().err
 
 
-def test_bench_e2e_measures_batched_and_naive_services(broker, har_model_path, tmp_path):
+def test_bench_e2e_sweeps_batched_and_naive_services(broker, har_model_path, tmp_path):
     from harstream.bench import e2e_bench, plots
 
     config = e2e_bench.E2EConfig(
-        devices=3,
+        devices=2,
         duration_s=1.5,
         publishers=1,
         drain_s=5.0,
         max_batch=4,
         model=har_model_path,
         prefix="benchtest",
+        sweep=True,
+        sweep_factor=2.0,
+        max_devices=4,
+        bound_ms=60_000.0,  # a sweep that only stops at max_devices: nothing here is timed
     )
     report = e2e_bench.run(config, e2e_bench.client_settings(broker), log_line=lambda _: None)
     json.loads(json.dumps(report))
-    for result in (report, report["naive"]):
+    sweep = report["sweep"]
+    assert [p["devices"] for p in sweep["points"]] == [2, 4]
+    assert [p["devices"] for p in sweep["naive_points"]] == [2, 4]
+    assert sweep["capacity_devices"] == sweep["naive_capacity_devices"] == 4
+    assert report["devices"] == report["naive"]["devices"] == 4
+    for result in (*sweep["points"], *sweep["naive_points"]):
         assert result.keys() >= E2E_KEYS
-        assert result["devices"] == 3
         assert result["windows_expected"] > 0
         assert result["windows_received"] == result["windows_expected"]
         assert result["unmatched"] == 0 and result["error_messages"] == []
@@ -124,7 +132,8 @@ def test_bench_e2e_measures_batched_and_naive_services(broker, har_model_path, t
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
         assert result["msgs_per_s"] > 0 and result["samples_per_s"] == result["msgs_per_s"]
         assert result["service_cpu_percent"] is None or result["service_cpu_percent"] >= 0
-    png = plots.e2e_curves({"batched": [report], "naive": [report["naive"]]}, tmp_path / "e.png")
+    series = {"batched": sweep["points"], "naive": sweep["naive_points"]}
+    png = plots.e2e_curves(series, tmp_path / "e2e.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
