@@ -240,3 +240,17 @@ def test_real_data_smoke(shared_data, tmp_path):
     assert len(split["train"]) == 2 and len(split["val"]) == 1 and len(split["test"]) == 1
     assert meta["training"]["windows"]["train"] > 600
     assert 0.0 <= meta["metrics"]["test"]["accuracy"] <= 1.0
+
+
+def test_baseline_features_and_fit():
+    from models.baseline import predict_baseline, train_baseline, window_features
+
+    rng = np.random.default_rng(0)
+    t = np.arange(80) / 20.0
+    x = rng.normal(0, 0.5, (120, 80, 3)).astype(np.float32)
+    y = np.repeat(np.array(["slow", "fast"]), 60)
+    x[60:, :, 0] += 4 * np.sin(2 * np.pi * 3 * t)
+    features = window_features(x)
+    assert features.shape[0] == 120 and np.isfinite(features).all()
+    model, seconds = train_baseline(x[::2], y[::2])
+    assert (predict_baseline(model, x[1::2]) == y[1::2]).mean() > 0.9 and seconds >= 0
