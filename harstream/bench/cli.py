@@ -40,8 +40,11 @@ def _register_model(sub: argparse._SubParsersAction) -> None:
             "Time the jit-compiled predictor of each family per batch size (p50/p99 per call "
             "after warm-up, results brought back to host memory, items/s), and, for the HAR "
             "models, the same network with the same weights in PyTorch eager and ONNX Runtime "
-            "(CPU) in the same run, after checking that their outputs match. Also reports "
-            "model load time and compile time per batch bucket."
+            "(CPU) in the same run, after checking that their outputs match, timed in "
+            "interleaved rounds. Each peer runs at 1 thread and at one thread per core "
+            "(--peer-threads); JAX uses XLA's default CPU thread pool. Also reports model "
+            "load time and compile time per batch bucket. har-lstm has no shipped model and "
+            "uses random weights (per-call time does not depend on them)."
         ),
     )
     p.add_argument(
@@ -107,6 +110,17 @@ def _run_model(args: argparse.Namespace) -> int:
     return 0
 
 
+E2E_DESCRIPTION = """\
+Start a private MQTT broker (Mosquitto when installed) on a free loopback port and
+the service, then publisher processes streaming N simulated devices; time every window
+from publishing its last sample to receiving its prediction. Also measures a naive
+baseline (the service with batching off: one model call per window, as each window
+completes) under the same load. --broker uses that broker instead; --no-service uses a
+service already running there (the naive baseline still starts its own, on its own
+topic prefix). --sweep raises the number of devices until p99 passes --bound-ms, windows
+are lost or the load generator falls behind, and reports the largest number that held.
+"""
+
 E2E_EPILOG = """\
 examples:
   harstream bench e2e --devices 200                          # 4,000 msg/s, one sample each
@@ -121,14 +135,7 @@ def _register_e2e(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "e2e",
         help="end-to-end window latency and capacity over MQTT, batched vs naive",
-        description=(
-            "Start a private MQTT broker (Mosquitto when installed) on a free loopback port "
-            "and the service, then publisher processes streaming N simulated devices; time "
-            "every window from publishing its last sample to receiving its prediction. "
-            "Also measures a naive baseline (the service with batching off: one model call "
-            "per window) under the same load. --broker uses that broker instead; "
-            "--no-service uses a service already running there."
-        ),
+        description=E2E_DESCRIPTION,
         epilog=E2E_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
