@@ -11,9 +11,12 @@ Time handling, per device:
   the receive times.
 - Timestamped readings (and untimed ones at another declared ``rate_hz``, placed on a
   virtual clock) are resampled onto a grid at the model's rate anchored at the device's
-  first timestamp, by linear interpolation between neighbouring readings. A reading within
-  1 ms of a grid point is taken as is, so a device that already sends 20 Hz with exact
-  timestamps passes through unchanged and ``window.end`` is the timestamp it sent.
+  first timestamp. A grid point whose interval (the 50 ms up to it) holds two or more
+  readings gets their mean: a box low-pass filter, so that a 50 or 100 Hz device's motion
+  above 10 Hz, which a 20 Hz model cannot represent, is damped instead of aliased. A grid
+  point with fewer readings is linearly interpolated between its neighbours. A lone
+  reading within 1 ms of a grid point is taken as is, so a device that already sends 20 Hz
+  with exact timestamps passes through unchanged and ``window.end`` is the time it sent.
 - A reading not after the previous one is dropped (``duplicate`` if equal, else
   ``out_of_order``); a jump longer than ``max_gap_s`` discards the partial window
   (``gap``, counting the discarded samples) and starts over, so no window spans a gap.
@@ -53,6 +56,8 @@ class WindowBuffer:
         "_prev",
         "_anchor",
         "_k",
+        "_bin",
+        "_bin_n",
     )
 
     def __init__(
@@ -84,6 +89,8 @@ class WindowBuffer:
         self._prev: list[float] | None = None
         self._anchor = 0.0
         self._k = 0
+        self._bin: list[float] = []
+        self._bin_n = 0
 
     def push(self, value: Samples, wall: float, mono: float) -> int:
         """Add one message's readings; returns how many were accepted."""
@@ -109,6 +116,7 @@ class WindowBuffer:
         self._n = 0
         self._prev_t = None
         self._prev = None
+        self._bin_n = 0
 
     def _resample(
         self,
@@ -135,17 +143,27 @@ class WindowBuffer:
                 self._anchor, self._k = t, 1
                 self._append(row, t if stamp is None else stamp, mono)
             else:
-                prev = self._prev
                 g = self._anchor + self._k * dt
-                while g <= t + tol:
-                    if g >= t - tol:
-                        self._append(row, t if stamp is None else stamp, mono)
+                while g < t - tol:  # every reading up to grid point g is in: emit it
+                    if self._bin_n >= 2:
+                        point = [s / self._bin_n for s in self._bin]
                     else:
                         w = (g - prev_t) / (t - prev_t)
-                        point = [p + w * (c - p) for p, c in zip(prev, row, strict=True)]
-                        self._append(point, g if stamp is None else stamp, mono)
+                        point = [p + w * (c - p) for p, c in zip(self._prev, row, strict=True)]
+                    self._append(point, g if stamp is None else stamp, mono)
+                    self._bin_n = 0
                     self._k += 1
                     g = self._anchor + self._k * dt
+                if self._bin_n:
+                    self._bin = [s + c for s, c in zip(self._bin, row, strict=True)]
+                else:
+                    self._bin = list(row)
+                self._bin_n += 1
+                if g <= t + tol:  # the reading falls on grid point g
+                    point = [s / self._bin_n for s in self._bin] if self._bin_n >= 2 else row
+                    self._append(point, t if stamp is None else stamp, mono)
+                    self._bin_n = 0
+                    self._k += 1
             self._prev_t, self._prev = t, row
         return accepted
 

@@ -56,15 +56,27 @@ def test_exact_20hz_timestamps_pass_through_unchanged():
     np.testing.assert_array_equal(x[:, 0], np.arange(80))
 
 
-@pytest.mark.parametrize("rate", [50.0, 100.0, 12.5])
+@pytest.mark.parametrize("rate", [50.0, 100.0, 12.5, 19.0, 21.0])
 def test_other_rates_are_resampled_to_20hz(rate):
     sink = Sink()
     n = int(4.2 * rate)
     times = T0 + np.arange(n) / rate
     WindowBuffer(sink).push(timed(times - T0, times, rate), 0.0, 0.0)  # value = seconds
     x, (start, end, _) = sink.windows[0]
-    np.testing.assert_allclose(x[:, 0], np.arange(80) / 20, atol=1e-5)
+    grid = np.arange(80) / 20
+    # interpolated points are exact; interval means lag the grid by less than one interval
+    assert x[0, 0] == 0 and np.all(x[1:, 0] <= grid[1:] + 1e-6)
+    assert np.all(x[1:, 0] > grid[1:] - 0.05) and np.all(np.diff(x[:, 0]) > 0)
     assert start == T0 and end == pytest.approx(T0 + 3.95)
+
+
+def test_fast_devices_are_low_pass_filtered_not_aliased():
+    sink = Sink()
+    times = T0 + np.arange(450) / 100
+    wobble = np.sin(2 * np.pi * 25 * (times - T0))  # 25 Hz: far above what 20 Hz can hold
+    WindowBuffer(sink).push(timed(wobble, times, 100.0), 0.0, 0.0)
+    x, _ = sink.windows[0]
+    assert np.abs(x[1:, 0]).max() < 0.35  # plain point sampling would keep amplitude ~1
 
 
 def test_untimed_batch_at_another_rate_is_resampled():
@@ -72,7 +84,7 @@ def test_untimed_batch_at_another_rate_is_resampled():
     vals = np.arange(250) / 50
     WindowBuffer(sink).push(Samples([[v, 0, 0] for v in vals], None, 50.0), 5.0, 0.0)
     x, (start, end, _) = sink.windows[0]
-    np.testing.assert_allclose(x[:, 0], np.arange(80) / 20, atol=1e-5)
+    assert x[0, 0] == 0 and np.all(np.abs(x[1:, 0] - np.arange(1, 80) / 20) < 0.05)
     assert start == end == 5.0
 
 
