@@ -189,11 +189,14 @@ class MosquittoBroker:
                 raise RuntimeError(f"mosquitto did not listen on {self.host}:{self.port}")
             time.sleep(0.02)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Terminate mosquitto (its sessions are lost: persistence is off)."""
+    def stop(self, timeout: float = 10.0, *, kill: bool = False) -> None:
+        """Terminate mosquitto, or ``kill`` it like a crash (sessions are lost either way)."""
         if self._proc is None:
             return
-        self._proc.terminate()
+        if kill:
+            self._proc.kill()
+        else:
+            self._proc.terminate()
         try:
             self._proc.wait(timeout)
         except subprocess.TimeoutExpired:

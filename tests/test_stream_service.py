@@ -278,7 +278,7 @@ def test_service_reconnects_when_the_broker_restarts(har_predictor, prefix, vers
     try:
         dev.samples("d", 0, 80)
         dev.wait_for("d", 1)
-        own.stop()
+        own.stop(kill=True)
         own.start()
         deadline = time.monotonic() + WAIT
         while service.metrics.value("harstream_broker_connects_total") < 2:
