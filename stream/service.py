@@ -320,6 +320,9 @@ class Service:
             return
         fm = served.metrics
         fm.messages.inc()
+        if msg.retain:  # a stale reading kept by the broker, not a live one
+            fm.drop("retained")
+            return
         if not contract.is_valid_id(device):
             message = f"invalid id {device[:80]!r}: use {contract.ID_RULE}"
             self._report(served, device, "invalid_id", message, topic)

@@ -458,3 +458,14 @@ def test_tls_with_client_certificates(har_predictor, prefix):
         service.stop()
         own.close()
         shutil.rmtree(tmp)
+
+
+def test_retained_readings_are_ignored(serve, device):
+    device.client.publish(f"{device.prefix}/old/accel", b'{"x": 1, "y": 2, "z": 3}', 1, True)
+    time.sleep(0.3)
+    service = serve()  # subscribing delivers the retained reading: stale, not a sample
+    device.samples("old", 0, 80)
+    (pred,) = device.wait_for("old", 1)
+    assert pred["window"]["start"] == T0
+    assert service.metrics.value("harstream_drops_total", family="har", reason="retained") == 1
+    device.client.publish(f"{device.prefix}/old/accel", b"", 1, True)  # clear it
