@@ -8,8 +8,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-EVAL_BATCH = 64  # offline scoring: few jit buckets to compile, batches still large
-
 DATA_HELP = (
     "labelled messages: the SMS Spam Collection layout (label<TAB>text per line) or a CSV "
     "with a header naming a text column (text or message) and a label column (label or class)"
@@ -108,25 +106,21 @@ def _print_comparison(meta: dict[str, Any]) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from models import metrics, text_prep
+    from models import metrics
     from models.checkpoint import CheckpointError
-    from models.registry import load_predictor
-    from models.text_training import evaluate_text, held_out
+    from models.text_training import evaluate_checkpoint
 
     try:
-        predictor = load_predictor(args.model, family="text", max_batch=EVAL_BATCH)
-        texts, labels = text_prep.read_labelled_texts(args.data)
-        if args.held_out:
-            keep = held_out(predictor.meta, args.data, labels)
-            texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
-        report = evaluate_text(predictor, texts, labels)
+        report, meta = evaluate_checkpoint(args.model, args.data, held_out_only=args.held_out)
     except (OSError, ValueError, CheckpointError) as exc:
         log.error("%s", exc)
         return 2
-    print(f"model {predictor.tag} on {len(texts)} messages from {args.data}")
-    print(metrics.format_report(report, predictor.labels))
+    classes = meta["classes"]
+    tag = f"{meta['name']}@{meta['version']}"
+    print(f"model {tag} on {report['messages']} messages from {args.data}")
+    print(metrics.format_report(report, classes))
     if args.json:
         metrics.write_json(report, args.json)
     if args.png:
-        metrics.save_confusion_png(report, predictor.labels, args.png, title=predictor.tag)
+        metrics.save_confusion_png(report, classes, args.png, title=tag)
     return 0

@@ -13,7 +13,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ import numpy as np
 from models import text, text_prep
 
 log = logging.getLogger(__name__)
+
+EVAL_BATCH = 128
 
 
 @dataclass
@@ -274,11 +276,46 @@ def held_out(meta: dict[str, Any], data: str | Path, labels: Sequence[str]) -> n
     ).test
 
 
-def evaluate_text(predictor: Any, texts: Sequence[str], labels: Sequence[str]) -> dict[str, Any]:
-    """Report of a text Predictor on labelled messages (labels must be among its classes)."""
-    classes = predictor.labels
+def evaluate_text(
+    predict: Callable[[np.ndarray], np.ndarray],
+    meta: dict[str, Any],
+    texts: Sequence[str],
+    labels: Sequence[str],
+) -> dict[str, Any]:
+    """Report of ``predict`` (token ids -> probabilities) on labelled messages.
+
+    ``meta`` is the checkpoint's metadata (its tokenizer and classes); labels must be
+    among the model's classes.
+    """
+    classes = meta["classes"]
     unknown = sorted(set(labels) - set(classes))
     if unknown:
         raise ValueError(f"labels {unknown} are not classes of the model {classes}")
-    probs = predictor.predict(text_prep.texts_to_ids(texts, predictor.meta))
+    probs = predict(text_prep.texts_to_ids(texts, meta))
     return text_report(list(labels), [classes[i] for i in probs.argmax(-1)], classes)
+
+
+def evaluate_checkpoint(
+    path: str | Path | None, data: str | Path, *, held_out_only: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(report, meta)`` of a checkpoint (the shipped one for None) on a labelled file.
+
+    One jitted forward at a fixed batch size (a single compile) scores every message;
+    ``held_out_only`` keeps just the test messages of the model's own split.
+    """
+    import jax
+
+    from models import text_checkpoint, training
+    from models.registry import default_checkpoint
+
+    model, params, meta = text_checkpoint.load(path or default_checkpoint("text"))
+    texts, labels = text_prep.read_labelled_texts(data)
+    if held_out_only:
+        keep = held_out(meta, data, labels)
+        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
+    forward = jax.jit(text.make_forward(model))
+    batch = min(EVAL_BATCH, len(texts))
+    report = evaluate_text(
+        lambda ids: training.predict_batches(forward, params, ids, batch), meta, texts, labels
+    )
+    return report, meta

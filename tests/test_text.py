@@ -160,7 +160,7 @@ def test_shipped_text_model_classifies_obvious_messages(text_predictor):
         "Ok, I'll see you at home tonight. Bring the keys please",
     ]
     ids = text_checkpoint.texts_to_ids(texts, text_predictor.meta)
-    assert ids.shape == (2, text_predictor.meta["text"]["max_len"]) and ids.dtype == np.int32
+    assert ids.shape == (2, *text_predictor.item_shape) and ids.dtype == np.int32
     probs = text_predictor.predict(ids)
     assert [text_predictor.labels[i] for i in probs.argmax(-1)] == ["spam", "ham"]
 
@@ -205,5 +205,6 @@ def test_shipped_model_meets_target_on_held_out_messages(shared_data, text_predi
     texts, labels = text_prep.read_labelled_texts(data)
     keep = held_out(text_predictor.meta, data, labels)
     assert len(keep) == text_predictor.meta["training"]["split"]["messages"]["test"]
-    report = evaluate_text(text_predictor, [texts[i] for i in keep], [labels[i] for i in keep])
+    kept = [texts[i] for i in keep], [labels[i] for i in keep]
+    report = evaluate_text(text_predictor.predict, text_predictor.meta, *kept)
     assert report["accuracy"] >= 0.985 and report["mcc"] >= 0.93
