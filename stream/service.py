@@ -115,6 +115,7 @@ class Service:
         self._served: dict[str, _Served] = {}
         self._client: Any = None
         self._closing = False
+        self._handling = threading.Lock()
         self._started = False
         self._subscribed = threading.Event()
         self._pending_sub: set[int] = set()
@@ -206,7 +207,8 @@ class Service:
         if not self._started:
             return
         self._started = False
-        self._closing = True
+        with self._handling:  # a message being handled now is acknowledged before we go on
+            self._closing = True
         for served in self._served.values():
             served.worker.stop(timeout)
         client = self._client
@@ -300,15 +302,16 @@ class Service:
             log.warning("event=disconnected broker=%s reason=%s; reconnecting", url, reason)
 
     def _on_message(self, client: Any, _userdata: Any, msg: Any) -> None:
-        if self._closing:
-            return  # not acknowledged: the broker redelivers it to our next session
-        try:
-            self._handle(msg)
-        except Exception:  # never let one message take the service down
-            log.exception("event=handler_failed topic=%r", msg.topic)
-            self.metrics.errors.labels("unknown", "internal").inc()
-        if msg.qos:
-            client.ack(msg.mid, msg.qos)
+        with self._handling:
+            if self._closing:
+                return  # not acknowledged: the broker redelivers it to our next session
+            try:
+                self._handle(msg)
+            except Exception:  # never let one message take the service down
+                log.exception("event=handler_failed topic=%r", msg.topic)
+                self.metrics.errors.labels("unknown", "internal").inc()
+            if msg.qos:
+                client.ack(msg.mid, msg.qos)
 
     def _handle(self, msg: Any) -> None:
         topic = msg.topic
