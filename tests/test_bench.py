@@ -153,11 +153,13 @@ def test_e2e_summary_marks_loss_and_missed_bound():
     from harstream.bench.loadgen import LoadResult
 
     config = E2EConfig(devices=2, duration_s=1.0, bound_ms=50.0)
-    fast = LoadResult([0.001, 0.002], 2, 2, messages=40, samples=40, span_s=1.0)
-    slow = LoadResult([0.001, 0.2], 2, 1, messages=40, samples=40, span_s=1.0)
+    rates = {"messages": 40, "samples": 40, "span_s": 1.0, "windows_expected": 2}
+    fast = LoadResult([0.001, 0.002], [0.5, 0.5], windows_received=2, **rates)
+    slow = LoadResult([0.001, 0.2], [0.5, 150.0], windows_received=1, **rates)
     assert summarize(config, 2, [fast], None)["held"]
     merged = summarize(config, 2, [fast, slow], 12.5)
     assert merged["windows_lost"] == 1 and not merged["held"]
     assert merged["latency_ms"]["max"] == pytest.approx(200.0)
+    assert merged["service_latency_ms"]["p50"] == pytest.approx(0.5)
     empty = summarize(config, 2, [LoadResult(windows_expected=2)], None)
     assert math.isnan(empty["latency_ms"]["p50"]) and not empty["held"]

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from harstream.bench.loadgen import LoadResult, LoadSpec, run_load, split_devices
+from harstream.bench.timing import percentiles_ms
 
 log = logging.getLogger(__name__)
 
@@ -262,12 +263,10 @@ def summarize(
     config: E2EConfig, devices: int, results: list[LoadResult], cpu_percent: float | None
 ) -> dict[str, Any]:
     """Merge the processes' results into the report shape of ``bench e2e --json``."""
-    latencies = np.concatenate([np.asarray(r.latencies_s) for r in results]) * 1e3
-    if latencies.size:
-        p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
-        latency = {"p50": p50, "p90": p90, "p99": p99, "max": latencies.max()}
-    else:
-        latency = dict.fromkeys(("p50", "p90", "p99", "max"), math.nan)
+    latencies = np.concatenate([np.asarray(r.latencies_s) for r in results])
+    latency = percentiles_ms(latencies, (50, 90, 99))
+    latency["max"] = round(float(latencies.max() * 1e3), 3) if latencies.size else math.nan
+    inside = np.concatenate([np.asarray(r.service_latencies_ms) for r in results]) / 1e3
     span = max(r.span_s for r in results)
     messages = sum(r.messages for r in results)
     samples = sum(r.samples for r in results)
@@ -277,13 +276,14 @@ def summarize(
     msgs_per_s = messages / span if span > 0 else 0.0
     out = {
         "devices": devices,
-        "latency_ms": {k: round(float(v), 3) for k, v in latency.items()},
+        "latency_ms": latency,
         "windows_expected": expected,
         "windows_received": received,
         "windows_lost": expected - received,
         "msgs_per_s": round(msgs_per_s, 1),
         "samples_per_s": round(samples / span if span > 0 else 0.0, 1),
         "target_msgs_per_s": round(target, 1),
+        "service_latency_ms": percentiles_ms(inside, (50, 99)),
         "service_cpu_percent": cpu_percent,
         "generator_cpu_percent": round(100 * sum(r.cpu_s for r in results) / span, 1)
         if span > 0
@@ -443,7 +443,9 @@ def format_point(name: str, p: dict[str, Any], bound_ms: float) -> str:
     verdict = "held" if p["held"] else f"NOT held (bound {bound_ms:g} ms, no loss, on schedule)"
     return (
         f"  {name:<8} devices={p['devices']:<6} p50={lat['p50']:.2f} p90={lat['p90']:.2f} "
-        f"p99={lat['p99']:.2f} max={lat['max']:.2f} ms  windows {p['windows_received']}/"
+        f"p99={lat['p99']:.2f} max={lat['max']:.2f} ms (in the service: p50="
+        f"{p['service_latency_ms']['p50']:.2f} p99={p['service_latency_ms']['p99']:.2f})"
+        f"  windows {p['windows_received']}/"
         f"{p['windows_expected']}  {p['msgs_per_s']:.0f} msg/s (target "
         f"{p['target_msgs_per_s']:.0f})  {p['samples_per_s']:.0f} samples/s  service CPU {cpu}"
         f"  {verdict}"

@@ -78,6 +78,7 @@ class LoadResult:
     """What one process measured; plain data, sent back to the parent."""
 
     latencies_s: list[float] = field(default_factory=list)
+    service_latencies_ms: list[float] = field(default_factory=list)  # as the service reports
     windows_expected: int = 0
     windows_received: int = 0
     duplicates: int = 0
@@ -265,7 +266,9 @@ class _Generator:
             device = topic_name.rsplit("/", 2)[-2]
             j = self.index.get(device)
             try:
-                end = float(orjson.loads(payload)["window"]["end"])
+                doc = orjson.loads(payload)
+                end = float(doc["window"]["end"])
+                inside = float(doc["latency_ms"])
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 j = None
             if j is None:
@@ -281,6 +284,7 @@ class _Generator:
                 continue
             seen.add((j, sample))
             result.latencies_s.append(received - float(self.published[j, column]))
+            result.service_latencies_ms.append(inside)
         result.windows_received = len(seen)
         return result
 

@@ -65,9 +65,9 @@ def e2e_curves(series: Mapping[str, Sequence[Mapping[str, Any]]], out: Path) -> 
         if not rows:
             continue
         devices = [r["devices"] for r in rows]
-        for q in ("p50", "p90", "p99"):
+        for q, color in (("p50", "C0"), ("p90", "C1"), ("p99", "C3")):
             values = [r["latency_ms"][q] for r in rows]
-            lat.plot(devices, values, style, marker="o", label=f"{label} {q}")
+            lat.plot(devices, values, style, color=color, marker="o", label=f"{label} {q}")
         thr.plot(devices, [r["samples_per_s"] for r in rows], style, marker="o", label=label)
     lat.set_xlabel("devices")
     lat.set_ylabel("window latency (ms)")
@@ -76,6 +76,9 @@ def e2e_curves(series: Mapping[str, Sequence[Mapping[str, Any]]], out: Path) -> 
     thr.set_xlabel("devices")
     thr.set_ylabel("samples/s sustained")
     thr.set_title("throughput", fontsize=10)
+    peak = max((r["samples_per_s"] for rows in series.values() for r in rows), default=0.0)
+    thr.set_ylim(0, 1.15 * peak or 1.0)
+    thr.ticklabel_format(axis="y", useOffset=False, style="plain")
     for ax in (lat, thr):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
