@@ -38,6 +38,7 @@ set_tcp_nodelay true
 persistence false
 max_queued_messages 100000
 max_inflight_messages 1000
+sys_interval 1
 log_dest stderr
 log_type error
 log_type warning

@@ -63,6 +63,11 @@ class ServiceMetrics:
             "harstream_devices_active", "ids with a live buffer", ["family"], registry=r
         )
         self.connects = Counter("harstream_broker_connects", "broker (re)connects", registry=r)
+        self.broker_dropped = Gauge(
+            "harstream_broker_dropped_messages",
+            "messages the broker says it dropped ($SYS, Mosquitto), e.g. on full client queues",
+            registry=r,
+        )
         self.publish_failures = Counter(
             "harstream_publish_failures",
             "results not published (disconnected with QoS 0, or the outgoing queue full)",

@@ -48,6 +48,9 @@ from stream.routes import (
 log = logging.getLogger(__name__)
 
 EVICT_EVERY_S = 1.0
+# Mosquitto's count of messages it dropped (e.g. a client's queue was full); brokers that do
+# not publish it (or deny $SYS) simply leave the gauge unset.
+BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 MAX_QUEUED_PUBLISHES = 100_000  # held by paho while the broker is away; beyond: dropped
 
 
@@ -119,6 +122,8 @@ class Service:
         self._started = False
         self._subscribed = threading.Event()
         self._pending_sub: set[int] = set()
+        self._sys_mid: int | None = None
+        self._broker_dropped = 0.0
         self._stop_requested = threading.Event()
         self._next_evict = 0.0
         self._publish_failures = 0
@@ -285,10 +290,15 @@ class Service:
         topics = [(contract.subscription(self.prefix, suffix), 1) for suffix in self._served]
         _rc, mid = client.subscribe(topics)
         self._pending_sub.add(mid)
+        _rc, self._sys_mid = client.subscribe(BROKER_DROPPED_TOPIC, 0)
         client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
 
     def _on_subscribe(self, _c: Any, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
         failed = [r for r in reasons if r.is_failure]
+        if mid == self._sys_mid:
+            if failed:
+                log.info("event=no_broker_drop_count: the broker refused %s", BROKER_DROPPED_TOPIC)
+            return
         if failed:
             log.error("event=subscribe_refused reasons=%s", failed)
             return
@@ -316,6 +326,8 @@ class Service:
     def _handle(self, msg: Any) -> None:
         topic = msg.topic
         if not topic.startswith(self._prefix_slash):
+            if topic == BROKER_DROPPED_TOPIC:
+                self._on_broker_dropped(msg.payload)
             return
         device, _, suffix = topic[len(self._prefix_slash) :].partition("/")
         served = self._served.get(suffix)
@@ -355,6 +367,20 @@ class Service:
             for s in self._served.values():
                 s.table.evict_idle(mono)
                 s.metrics.devices.set(len(s.table))
+
+    def _on_broker_dropped(self, payload: bytes) -> None:
+        try:
+            dropped = float(payload)
+        except ValueError:
+            return
+        if dropped > self._broker_dropped:
+            log.warning(
+                "event=broker_dropped total=%d: the broker dropped messages (a client's queue "
+                "was full?); raise max_queued_messages or add service capacity",
+                dropped,
+            )
+        self._broker_dropped = dropped
+        self.metrics.broker_dropped.set(dropped)
 
     def _report(self, served: _Served, device: str, kind: str, message: str, topic: str) -> None:
         served.metrics.error(kind)

@@ -469,3 +469,14 @@ def test_retained_readings_are_ignored(serve, device):
     assert pred["window"]["start"] == T0
     assert service.metrics.value("harstream_drops_total", family="har", reason="retained") == 1
     device.client.publish(f"{device.prefix}/old/accel", b"", 1, True)  # clear it
+
+
+@pytest.mark.skipif(mosquitto_binary() is None, reason="needs the mosquitto binary")
+def test_broker_drop_count_is_exported(serve, broker):
+    if broker.kind != "mosquitto":
+        pytest.skip("only Mosquitto publishes its drop count")
+    service = serve()
+    deadline = time.monotonic() + WAIT
+    while service.metrics.registry.get_sample_value("harstream_broker_dropped_messages") is None:
+        assert time.monotonic() < deadline, "no $SYS drop count arrived"
+        time.sleep(0.05)
