@@ -119,11 +119,6 @@ def load_family_predictor(family: str, path: Any, max_batch: int) -> Predictor:
     return load_predictor(path, family=family, max_batch=max_batch)
 
 
-def available_families() -> list[str]:
-    """Families whose route module is importable in this installation."""
-    return [f for f in ROUTE_BUILDERS if _builder_module(f) is not None]
-
-
 def _builder_module(family: str) -> Any | None:
     module_name = ROUTE_BUILDERS[family].partition(":")[0]
     try:

@@ -41,7 +41,6 @@ from stream.routes import (
     PayloadError,
     Route,
     RouteUnavailable,
-    available_families,
     build_route,
 )
 
@@ -78,12 +77,8 @@ def build_routes(config: ServeConfig, predictors: dict[str, Any] | None = None) 
         raise ConfigError(f"unknown families {unknown}; expected some of {sorted(ROUTE_BUILDERS)}")
     if not families:
         raise ConfigError("no families to serve")
-    available = set(available_families())
     routes = []
     for family in families:
-        if family not in available and not explicit:
-            log.info("event=family_skipped family=%s reason='route module not installed'", family)
-            continue
         try:
             routes.append(build_route(family, config, predictors.get(family)))
         except RouteUnavailable as exc:
@@ -253,10 +248,6 @@ class Service:
     @property
     def status_topic(self) -> str:
         return contract.status_topic(self.prefix)
-
-    @property
-    def routes(self) -> list[Route]:
-        return [s.route for s in self._served.values()]
 
     def _status(self, state: str) -> bytes:
         return orjson.dumps(
