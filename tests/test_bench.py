@@ -108,6 +108,7 @@ def test_bench_e2e_sweeps_batched_and_naive_services(broker, har_model_path, tmp
         duration_s=1.5,
         publishers=1,
         drain_s=5.0,
+        warmup_s=0.5,
         max_batch=4,
         model=har_model_path,
         prefix="benchtest",

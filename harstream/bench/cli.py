@@ -164,6 +164,13 @@ def _register_e2e(sub: argparse._SubParsersAction) -> None:
         default=3.0,
         help="seconds to wait for the last predictions (default: 3)",
     )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=3.0,
+        help="untimed seconds of the same load before measuring each service; 0 for none "
+        "(default: 3)",
+    )
     p.add_argument("--prefix", default="har", help="topic prefix (default: har)")
     p.add_argument(
         "--no-service", action="store_true", help="use a service already running on --broker"
@@ -216,6 +223,7 @@ def _run_e2e(args: argparse.Namespace) -> int:
             qos=args.qos,
             hop=args.hop,
             drain_s=args.drain,
+            warmup_s=args.warmup,
             prefix=args.prefix,
             service=not args.no_service,
             naive=not args.no_naive,

@@ -54,6 +54,7 @@ class E2EConfig:
     qos: int = 1
     hop: int = 20
     drain_s: float = 3.0
+    warmup_s: float = 3.0
     prefix: str = "har"
     service: bool = True
     naive: bool = True
@@ -75,6 +76,7 @@ class E2EConfig:
             (self.qos in (0, 1), "qos must be 0 or 1"),
             (self.sweep_factor > 1, "the sweep factor must be > 1"),
             (self.bound_ms > 0, "the latency bound must be > 0"),
+            (self.warmup_s >= 0, "the warm-up must be >= 0 seconds"),
         ]
         for ok, message in checks:
             if not ok:
@@ -381,6 +383,12 @@ def _phase(
         service = ServiceProcess(broker, prefix, service_args, workdir).start()
     points = []
     try:
+        if config.warmup_s > 0:
+            # A service's first seconds of traffic are slower (measured here: up to 0.5 s
+            # per window in the first 2 s after start): not what a running service does.
+            log_line(f"{name}: warm-up, {config.devices} devices for {config.warmup_s:g} s")
+            warm = replace(config, duration_s=config.warmup_s, drain_s=1.0)
+            measure(warm, broker, prefix, config.devices, f"{name[0]}w", service)
         devices, step = config.devices, 0
         while True:
             log_line(f"{name}: {devices} devices for {config.duration_s:g} s ...")
@@ -430,6 +438,7 @@ def _report(
         "max_batch": config.max_batch,
         "max_wait_ms": config.max_wait_ms,
         "bound_ms": config.bound_ms,
+        "warmup_s": config.warmup_s,
         "cpu_count": os.cpu_count(),
     }
     return report
