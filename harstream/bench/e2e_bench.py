@@ -384,8 +384,9 @@ def _phase(
     points = []
     try:
         if config.warmup_s > 0:
-            # A service's first seconds of traffic are slower (measured here: up to 0.5 s
-            # per window in the first 2 s after start): not what a running service does.
+            # The first seconds of traffic through a fresh broker are slow (measured here:
+            # 0.1-0.5 s per window for the first seconds, gone once the broker has carried
+            # some load): not what a running deployment sees.
             log_line(f"{name}: warm-up, {config.devices} devices for {config.warmup_s:g} s")
             warm = replace(config, duration_s=config.warmup_s, drain_s=1.0)
             measure(warm, broker, prefix, config.devices, f"{name[0]}w", service)
