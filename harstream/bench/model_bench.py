@@ -30,6 +30,13 @@ RANDOM_HAR_META = {
 }
 
 
+def default_peer_threads() -> tuple[int, ...]:
+    """1 thread and all cores: on a shared machine, multi-threaded peers can collapse when
+    another process holds a core, so each peer is timed at both and neither is favoured."""
+    cores = os.cpu_count() or 1
+    return (1,) if cores == 1 else (1, cores)
+
+
 @dataclass
 class ModelBenchConfig:
     """What to measure; ``seconds`` is the timing budget per family and batch size."""
@@ -40,7 +47,7 @@ class ModelBenchConfig:
     min_calls: int = 30
     warmup: int = 5
     rounds: int = 4
-    peer_threads: tuple[int, ...] = field(default_factory=lambda: default_peer_threads())
+    peer_threads: tuple[int, ...] = field(default_factory=default_peer_threads)
     runtimes: tuple[str, ...] = peers_mod.RUNTIMES
     seed: int = 0
 
@@ -51,13 +58,6 @@ class ModelBenchRun:
 
     report: dict[str, Any]
     timings: dict[tuple[str, str, int], Timing]
-
-
-def default_peer_threads() -> tuple[int, ...]:
-    """1 thread and all cores: on a shared machine, multi-threaded peers can collapse when
-    another process holds a core, so each peer is timed at both and neither is favoured."""
-    cores = os.cpu_count() or 1
-    return (1,) if cores == 1 else (1, cores)
 
 
 def load_family(family: str, max_batch: int, workdir: Path) -> tuple[Any, str, float]:
