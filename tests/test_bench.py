@@ -154,10 +154,11 @@ def test_e2e_summary_marks_loss_and_missed_bound():
     from harstream.bench.loadgen import LoadResult
 
     config = E2EConfig(devices=2, duration_s=1.0, bound_ms=50.0)
-    rates = {"messages": 40, "samples": 40, "span_s": 1.0, "windows_expected": 2}
+    rates = {"messages": 41, "samples": 41, "last_s": 1.0, "elapsed_s": 2.0, "windows_expected": 2}
     fast = LoadResult([0.001, 0.002], [0.5, 0.5], windows_received=2, **rates)
     slow = LoadResult([0.001, 0.2], [0.5, 150.0], windows_received=1, **rates)
-    assert summarize(config, 2, [fast], None)["held"]
+    alone = summarize(config, 2, [fast], None)
+    assert alone["held"] and alone["msgs_per_s"] == alone["target_msgs_per_s"] == 40
     merged = summarize(config, 2, [fast, slow], 12.5)
     assert merged["windows_lost"] == 1 and not merged["held"]
     assert merged["latency_ms"]["max"] == pytest.approx(200.0)

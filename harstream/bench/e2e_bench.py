@@ -269,13 +269,15 @@ def summarize(
     latency = percentiles_ms(latencies, (50, 90, 99))
     latency["max"] = round(float(latencies.max() * 1e3), 3) if latencies.size else math.nan
     inside = np.concatenate([np.asarray(r.service_latencies_ms) for r in results]) / 1e3
-    span = max(r.span_s for r in results)
+    # messages are evenly spread, so n of them span (n - 1) intervals of 1 / rate
+    span = max(r.last_s for r in results) - min(r.first_s for r in results)
+    elapsed = max(r.elapsed_s for r in results)
     messages = sum(r.messages for r in results)
     samples = sum(r.samples for r in results)
     expected = sum(r.windows_expected for r in results)
     received = sum(r.windows_received for r in results)
     target = devices * config.rate_hz / config.samples_per_message
-    msgs_per_s = messages / span if span > 0 else 0.0
+    msgs_per_s = (messages - 1) / span if span > 0 else 0.0
     out = {
         "devices": devices,
         "latency_ms": latency,
@@ -283,12 +285,12 @@ def summarize(
         "windows_received": received,
         "windows_lost": expected - received,
         "msgs_per_s": round(msgs_per_s, 1),
-        "samples_per_s": round(samples / span if span > 0 else 0.0, 1),
+        "samples_per_s": round(msgs_per_s * samples / messages if messages else 0.0, 1),
         "target_msgs_per_s": round(target, 1),
         "service_latency_ms": percentiles_ms(inside, (50, 99)),
         "service_cpu_percent": cpu_percent,
-        "generator_cpu_percent": round(100 * sum(r.cpu_s for r in results) / span, 1)
-        if span > 0
+        "generator_cpu_percent": round(100 * sum(r.cpu_s for r in results) / elapsed, 1)
+        if elapsed > 0
         else None,
         "generator_max_lag_ms": round(max(r.max_lag_s for r in results) * 1e3, 1),
         "duplicates": sum(r.duplicates for r in results),

@@ -86,7 +86,9 @@ class LoadResult:
     errors: list[str] = field(default_factory=list)
     messages: int = 0
     samples: int = 0
-    span_s: float = 0.0
+    first_s: float = 0.0  # first and last live publish, seconds after the common start
+    last_s: float = 0.0
+    elapsed_s: float = 0.0  # start to the end of the drain (the interval of ``cpu_s``)
     max_lag_s: float = 0.0
     cpu_s: float = 0.0  # this process's CPU time while streaming and draining
 
@@ -247,9 +249,12 @@ class _Generator:
         result.windows_expected = expected
         result.messages = sent
         result.samples = sent * spec.samples_per_message
-        result.span_s = last - start
+        live = self.published[:, 1:]
+        result.first_s = float(np.nanmin(live)) - start
+        result.last_s = float(np.nanmax(live)) - start
+        result.elapsed_s = perf_counter() - start
         result.max_lag_s = max_lag
-        result.cpu_s = time.process_time() - cpu0
+        result.cpu_s = time.process_time() - cpu0  # includes matching, a small share
         return result
 
     def _match(self, starts: np.ndarray) -> LoadResult:
