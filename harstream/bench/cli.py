@@ -255,9 +255,8 @@ def _run_e2e(args: argparse.Namespace) -> int:
             "points": [report],
             "naive_points": [report["naive"]] if "naive" in report else [],
         }
-        plots.e2e_curves(
-            {"batched": sweep["points"], "naive": sweep.get("naive_points", [])}, args.plot
-        )
+        series = {"batched": sweep["points"], "naive": sweep.get("naive_points", [])}
+        plots.e2e_curves(series, args.plot, bound_ms=config.bound_ms)
         print(f"wrote {args.plot}")
     return 0
 

@@ -52,11 +52,14 @@ def latency_cdf(timings: Mapping[tuple[str, str, int], Timing], out: Path) -> Pa
     return _save(fig, out)
 
 
-def e2e_curves(series: Mapping[str, Sequence[Mapping[str, Any]]], out: Path) -> Path:
+def e2e_curves(
+    series: Mapping[str, Sequence[Mapping[str, Any]]], out: Path, bound_ms: float | None = None
+) -> Path:
     """Latency percentiles and sustained samples/s against the number of devices.
 
     ``series`` maps a label (``batched``, ``naive``) to e2e results (``devices``,
-    ``latency_ms``, ``samples_per_s``), one per measured number of devices.
+    ``latency_ms``, ``samples_per_s``), one per measured number of devices; ``bound_ms``
+    draws the sweep's p99 bound.
     """
     plt = _pyplot()
     fig, (lat, thr) = plt.subplots(1, 2, figsize=(11, 4))
@@ -69,6 +72,8 @@ def e2e_curves(series: Mapping[str, Sequence[Mapping[str, Any]]], out: Path) -> 
             values = [r["latency_ms"][q] for r in rows]
             lat.plot(devices, values, style, color=color, marker="o", label=f"{label} {q}")
         thr.plot(devices, [r["samples_per_s"] for r in rows], style, marker="o", label=label)
+    if bound_ms is not None:
+        lat.axhline(bound_ms, color="grey", linestyle=":", label=f"p99 bound {bound_ms:g} ms")
     lat.set_xlabel("devices")
     lat.set_ylabel("window latency (ms)")
     lat.set_yscale("log")
