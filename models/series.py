@@ -70,7 +70,7 @@ def build(arch: str, config: dict[str, Any]) -> nn.Module:
 def init_params(model: nn.Module, seed: int = 0) -> Any:
     """Initialise parameters for one window of ``model.window`` values."""
     x = jnp.zeros((1, model.window), jnp.float32)
-    return model.init(jax.random.PRNGKey(seed), x)["params"]
+    return jax.jit(model.init)(jax.random.PRNGKey(seed), x)["params"]  # one compile, not per op
 
 
 def normalize(x: jax.Array, norm: dict[str, Any]) -> tuple[jax.Array, jax.Array, jax.Array]:

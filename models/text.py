@@ -144,7 +144,7 @@ def build(arch: str, config: dict[str, Any]) -> nn.Module:
 def init_params(model: nn.Module, width: int, seed: int = 0) -> Any:
     """Initialise parameters for one message of ``width`` ids."""
     ids = jnp.zeros((1, width), jnp.int32)
-    return model.init(jax.random.PRNGKey(seed), ids)["params"]
+    return jax.jit(model.init)(jax.random.PRNGKey(seed), ids)["params"]  # one compile, not per op
 
 
 def min_length(model: nn.Module) -> int:

@@ -23,7 +23,7 @@ def test_parameter_counts_match_the_article_layers():
     assert count_params(_shapes(series.SeriesMLP(window=21))) == 21 * 8 + 8 + 18 + 3
     model = series.SeriesLSTM(window=7)
     x = jax.ShapeDtypeStruct((4, 7), np.float32)
-    forward = series.make_forward(model, {"mode": "window"})
+    forward = jax.jit(series.make_forward(model, {"mode": "window"}))
     assert jax.eval_shape(forward, _shapes(model), x).shape == (4,)
 
 
@@ -31,7 +31,7 @@ def test_window_normalization_makes_forecasts_level_and_scale_free():
     model = series.SeriesMLP(window=5)
     rng = np.random.default_rng(3)
     params = jax.tree.map(lambda s: rng.normal(0, 1, s.shape).astype(s.dtype), _shapes(model))
-    forward = series.make_forward(model, {"mode": "window"})
+    forward = jax.jit(series.make_forward(model, {"mode": "window"}))
     x = np.array([[1.0, 2.0, 1.5, 3.0, 2.5], [0.0, 0.1, 0.0, 0.1, 0.0]], np.float32)
     base = np.asarray(forward(params, x))
     moved = np.asarray(forward(params, 1000.0 * x + 5e4))

@@ -208,3 +208,26 @@ def test_shipped_model_meets_target_on_held_out_messages(shared_data, text_predi
     kept = [texts[i] for i in keep], [labels[i] for i in keep]
     report = evaluate_text(text_predictor.predict, text_predictor.meta, *kept)
     assert report["accuracy"] >= 0.985 and report["mcc"] >= 0.93
+
+
+def test_train_cli_with_pretrained_vectors_then_held_out_evaluation(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    spam = ["win cash now", "free prize call", "claim your reward txt", "urgent win free"]
+    ham = ["see you at lunch", "running late sorry", "call me later ok", "dinner at home"]
+    lines = [f"spam\t{rng.choice(spam)} {rng.integers(100, 999)}" for _ in range(30)]
+    lines += [f"ham\t{rng.choice(ham)} &amp; more" for _ in range(60)]
+    data = tmp_path / "sms.txt"
+    data.write_text("\n".join(lines) + "\n")
+    vectors = tmp_path / "vectors.txt"
+    vectors.write_text("".join(f"{w} {' '.join(['0.5'] * 8)}\n" for w in ("win", "see", "cash")))
+    out = tmp_path / "model"
+    args = ["train", "text", "--data", str(data), "--out", str(out), "--epochs", "2"]
+    args += ["--embeddings", str(vectors), "--embed-dim", "8", "--batch-size", "16"]
+    assert main([*args, "--no-progress"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["training"]["pretrained_vectors_found"] == 3
+    assert set(meta["metrics"]["baselines"]) == {"tfidf-words-svm", "tfidf-chars-svm"}
+    assert (out / "curves.png").is_file() and "text-cnn" in capsys.readouterr().out
+    evaluate = ["evaluate", "text", "--data", str(data), "--model", str(out), "--held-out"]
+    data.write_text(data.read_text() + "ham\tone more\n")
+    assert main(evaluate) == 2  # another file: its held-out part is unknown
