@@ -2,8 +2,9 @@
 
 Everything a served model needs to turn a raw message into the ids it was trained on is
 stored in the checkpoint's metadata (``meta["text"]``): the vocabulary in id order, the
-maximum length, the padding/truncation side and the tokenizer's name. A service therefore
-tokenizes exactly like training did, with no side files.
+maximum length, the padding/truncation side and the tokenizer's name, plus a character
+vocabulary and length for models that also read characters (:class:`TextEncoder`). A
+service therefore tokenizes exactly like training did, with no side files.
 
 Cleaning removes HTML tags and decodes entities (SMS exports are full of ``&lt;#&gt;``)
 with the standard library's ``html.parser``, then lower-cases. Digit runs of three or more
