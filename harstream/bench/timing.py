@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 Call = Callable[[np.ndarray], np.ndarray]
+WARMUP_CAP_S = 1.0
 
 
 @dataclass
@@ -68,9 +69,10 @@ def time_interleaved(
 ) -> dict[str, Timing]:
     """Time each callable on ``x`` for about ``seconds`` in total, in ``rounds`` alternating slices.
 
-    Each callable gets ``warmup`` untimed calls first, then at least ``min_calls`` timed
-    calls overall. ``before[name]``, when given, runs at the start of each of that
-    callable's slices (e.g. to apply its thread setting, which is process-global in PyTorch).
+    Each callable gets ``warmup`` untimed calls first (fewer, but at least one, when they
+    take over ``WARMUP_CAP_S``), then at least ``min_calls`` timed calls overall.
+    ``before[name]``, when given, runs at the start of each of that callable's slices (e.g.
+    to apply its thread setting, which is process-global in PyTorch).
     """
     if seconds <= 0 or min_calls < 1 or rounds < 1:
         raise ValueError("seconds must be > 0, min_calls and rounds >= 1")
@@ -79,7 +81,10 @@ def time_interleaved(
     for name, fn in calls.items():
         if name in before:
             before[name]()
-        for _ in range(warmup):
+        warm_until = time.perf_counter() + WARMUP_CAP_S
+        for i in range(warmup):
+            if i and time.perf_counter() > warm_until:
+                break  # a slow configuration is warm after its first calls
             fn(x)
     slice_seconds = seconds / (rounds * len(calls))
     slice_calls = -(-min_calls // rounds)
