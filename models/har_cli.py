@@ -79,10 +79,12 @@ def register(groups: dict[str, Any]) -> None:
         "--patience", type=int, default=8, help="epochs without improvement (default: %(default)s)"
     )
     train.add_argument(
-        "--no-augment",
-        dest="augment",
-        action="store_false",
-        help="train without random watch orientations (rotation about z, x mirror, tilt)",
+        "--augment",
+        choices=("rotate", "mirror", "none"),
+        default="rotate",
+        help="random watch orientation per training window: x mirror and a small tilt plus "
+        "any rotation about z (rotate) or 0/180 degrees about z (mirror); none: off "
+        "(default: %(default)s)",
     )
     train.add_argument(
         "--test-subjects",

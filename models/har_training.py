@@ -53,7 +53,7 @@ class HarTrainConfig:
     weight_decay: float = 1e-3
     label_smoothing: float = 0.1
     patience: int = 8
-    augment: bool = True
+    augment: str = "rotate"
     split_seed: int = 0
     test_fraction: float = 0.2
     val_fraction: float = 0.15
@@ -117,10 +117,23 @@ def fit_normalization(x: np.ndarray) -> dict[str, list[float]]:
     return {"mean": flat.mean(axis=0).tolist(), "std": np.where(std > 0, std, 1.0).tolist()}
 
 
-def random_orientations(rng: np.random.Generator, n: int) -> np.ndarray:
-    """``(n, 3, 3)`` random watch orientations: mirror x, rotate about z, tilt a little."""
+AUGMENTATIONS = ("rotate", "mirror", "none")
+
+
+def random_orientations(rng: np.random.Generator, n: int, mode: str = "rotate") -> np.ndarray:
+    """``(n, 3, 3)`` random watch orientations: mirror x, rotate about z, tilt a little.
+
+    ``rotate`` turns the watch by any angle about z; ``mirror`` only by 0 or 180 degrees
+    (the watch on the other wrist or upside down), give or take the tilt angle.
+    """
+    if mode not in ("rotate", "mirror"):
+        raise ValueError(f"unknown orientation mode {mode!r}; expected 'rotate' or 'mirror'")
     out = np.empty((n, 3, 3), np.float32)
-    angle = rng.uniform(-np.pi, np.pi, n)
+    if mode == "rotate":
+        angle = rng.uniform(-np.pi, np.pi, n)
+    else:
+        angle = np.where(rng.random(n) < 0.5, 0.0, np.pi)
+        angle += np.deg2rad(rng.uniform(-TILT_DEG, TILT_DEG, n))
     c, s = np.cos(angle), np.sin(angle)
     mirror = np.where(rng.random(n) < 0.5, -1.0, 1.0)
     tilt_axis = rng.normal(size=(n, 3))
@@ -172,6 +185,10 @@ def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True)
 
     from models import har_checkpoint, metrics, training
 
+    if config.augment not in AUGMENTATIONS:
+        raise ValueError(
+            f"unknown augmentation {config.augment!r}; expected one of {AUGMENTATIONS}"
+        )
     if config.model not in MODELS:
         raise ValueError(f"unknown model {config.model!r}; expected one of {sorted(MODELS)}")
     dataset = load_windows(config.data, config.hop)
@@ -206,8 +223,8 @@ def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True)
 
     def prepare(rng: np.random.Generator, batch):
         x, y = batch
-        if config.augment:
-            x = rotate(x, random_orientations(rng, len(x)))
+        if config.augment != "none":
+            x = rotate(x, random_orientations(rng, len(x), config.augment))
         return (x - mean) / std, y
 
     steps = max(1, len(train_w) // min(config.batch_size, len(train_w)))

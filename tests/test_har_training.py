@@ -58,7 +58,7 @@ def trained(generated, tmp_path_factory) -> Path:
         [
             "train", "har", "--data", str(generated), "--epochs", "3", "--batch-size", "64",
             "--out", str(out), "--test-subjects", "1600", "--val-subjects", "1601",
-            "--no-progress", "--version", "test", "--lr", "3e-3", "--no-augment",
+            "--no-progress", "--version", "test", "--lr", "3e-3", "--augment", "none",
         ]
     )  # fmt: skip
     assert code == 0
@@ -163,6 +163,11 @@ def test_orientations_are_rotations_or_mirrors_and_keep_magnitude():
     dets = np.linalg.det(rots)
     assert set(np.round(dets).astype(int)) == {-1, 1}
     assert np.all(np.abs(rots[:, 2, 2]) > np.cos(np.deg2rad(16)))  # z stays near z
+    mirror = random_orientations(np.random.default_rng(0), 64, "mirror")
+    assert np.all(np.abs(mirror[:, 0, 0]) > 0.8)  # x stays on the x axis, either sign
+    assert (mirror[:, 0, 0] < 0).any() and (mirror[:, 0, 0] > 0).any()
+    with pytest.raises(ValueError, match="orientation mode"):
+        random_orientations(np.random.default_rng(0), 1, "spin")
     x = np.random.default_rng(1).normal(size=(64, 80, 3)).astype(np.float32)
     norms = np.linalg.norm(rotate(x, rots), axis=2)
     np.testing.assert_allclose(norms, np.linalg.norm(x, axis=2), rtol=1e-4)
