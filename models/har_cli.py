@@ -81,7 +81,7 @@ def register(groups: dict[str, Any]) -> None:
     train.add_argument(
         "--augment",
         choices=("rotate", "mirror", "none"),
-        default="rotate",
+        default="mirror",
         help="random watch orientation per training window: x mirror and a small tilt plus "
         "any rotation about z (rotate) or 0/180 degrees about z (mirror); none: off "
         "(default: %(default)s)",

@@ -53,7 +53,7 @@ class HarTrainConfig:
     weight_decay: float = 1e-3
     label_smoothing: float = 0.1
     patience: int = 8
-    augment: str = "rotate"
+    augment: str = "mirror"  # best on validation subjects (README: HAR models)
     split_seed: int = 0
     test_fraction: float = 0.2
     val_fraction: float = 0.15

@@ -62,3 +62,14 @@ def har_predictor(har_model_path: Path):
     from models.registry import load_predictor
 
     return load_predictor(har_model_path, family="har", max_batch=16)
+
+
+# --- HAR models (issue 2): the shipped CNN ----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def shipped_har_predictor():
+    """The HAR CNN shipped in ``models/weights/har-cnn``, compiled once (buckets up to 64)."""
+    from models.registry import load_predictor
+
+    return load_predictor(family="har", max_batch=64)
