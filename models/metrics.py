@@ -76,7 +76,12 @@ def classification_report(y_true: Any, y_pred: Any, classes: Sequence[str]) -> d
 
 
 def format_report(report: dict[str, Any], classes: Sequence[str] | None = None) -> str:
-    """Per-class table, the totals and the confusion matrix, as plain text."""
+    """Per-class table, the totals and the confusion matrix, as plain text.
+
+    ``classes`` is the row order of ``confusion``; it defaults to the order of
+    ``per_class`` as :func:`classification_report` builds it. Pass it for a report read
+    back from JSON written with sorted keys (checkpoint metadata is).
+    """
     classes = list(classes or report["per_class"])
     width = max(9, *(len(c) for c in classes))
     lines = [f"{'class':<{width}}  precision  recall     f1  support"]
