@@ -113,7 +113,7 @@ are sent 50 ms apart (20 Hz). Dirty lines are skipped and counted.
 examples:
   harstream replay data_1600_accel_watch.txt --compare
   harstream replay walk.csv --device-id phone-1 --speed max -k 20 --compare --json out.json
-  harstream replay data_1600_accel_watch.txt --devices 500 --speed 5 --qos 0   # load test
+  harstream replay data_1600_accel_watch.txt --devices 200 -k 20 --duration 60   # load test
 """
 
 SIMULATE_EPILOG = """\
