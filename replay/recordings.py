@@ -33,7 +33,13 @@ class Recordings:
         return any(track.labels is not None for track in self.tracks)
 
     def summary(self) -> str:
-        return "\n".join(report.summary() for report in self.reports)
+        """What was read; the loader's details only for files with skipped or repaired lines."""
+        if len(self.reports) == 1:
+            return self.reports[0].summary()
+        samples = sum(r.samples for r in self.reports)
+        files = sum(len(r.files) for r in self.reports)
+        dirty = [r.summary() for r in self.reports if r.skipped or r.repaired]
+        return "\n".join([f"read {samples:,} samples from {files} files", *dirty])
 
 
 def _clean(text: str) -> str:
