@@ -13,9 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-WINDOW = 80
-AXES = 3
-RATE_HZ = 20.0
+from models.windows import AXES, WINDOW
 
 
 class HarCNN(nn.Module):

@@ -10,6 +10,7 @@ import numpy as np
 
 from models import checkpoint, har
 from models.predictor import Predictor
+from models.windows import AXES, RATE_HZ, WINDOW
 
 
 def save(
@@ -20,9 +21,9 @@ def save(
         "family": "har",
         "arch": arch,
         "arch_config": config,
-        "input_shape": [har.WINDOW, har.AXES],
-        "window": har.WINDOW,
-        "rate_hz": har.RATE_HZ,
+        "input_shape": [WINDOW, AXES],
+        "window": WINDOW,
+        "rate_hz": RATE_HZ,
         **meta,
     }
     for key in ("classes", "normalization", "name", "version"):
@@ -58,8 +59,8 @@ def predictor_from_checkpoint(path: Path, max_batch: int = 256) -> Predictor:
     return Predictor(
         forward,
         params,
-        item_shape=(har.WINDOW, har.AXES),
-        alt_item_shapes=[(har.WINDOW * har.AXES,)],
+        item_shape=(WINDOW, AXES),
+        alt_item_shapes=[(WINDOW * AXES,)],
         name=meta["name"],
         version=meta["version"],
         labels=meta["classes"],

@@ -241,8 +241,9 @@ def _summary(args: argparse.Namespace) -> int:
 
     from models import har
     from models.summary import summarize
+    from models.windows import AXES, WINDOW
 
     model = har.build(args.arch, {"num_classes": 6})
-    example = jax.ShapeDtypeStruct((1, har.WINDOW, har.AXES), jnp.float32)
+    example = jax.ShapeDtypeStruct((1, WINDOW, AXES), jnp.float32)
     print(summarize(model, example, args.arch))
     return 0

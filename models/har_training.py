@@ -24,7 +24,7 @@ import numpy as np
 
 from models import har
 from models.data import WISDM2019_ACTIVITIES, WISDM_V11_ACTIVITIES, LoadReport, load_recordings
-from models.windows import DEFAULT_HOP, Windows, make_windows
+from models.windows import DEFAULT_HOP, WINDOW, Windows, make_windows
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def load_windows(path: str | Path, hop: int = DEFAULT_HOP) -> HarDataset:
     recordings, report = load_recordings(path)
     windows = make_windows(recordings, hop=hop)
     if len(windows) == 0:
-        raise ValueError(f"{path}: no complete {har.WINDOW}-sample windows in the data")
+        raise ValueError(f"{path}: no complete {WINDOW}-sample windows in the data")
     if (windows.labels == "").any():
         raise ValueError(f"{path}: training and evaluation need labelled data (a label column)")
     return HarDataset(windows, report)

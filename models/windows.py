@@ -13,8 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.data import Recording
-from models.har import WINDOW
 
+# The HAR input contract shared by models, the service and the tools (kept free of JAX so
+# that command-line tools import it cheaply).
+WINDOW = 80  # samples per window: 4 s at 20 Hz
+AXES = 3  # x, y, z
+RATE_HZ = 20.0  # the models' sample rate; faster devices are resampled to it
 DEFAULT_HOP = 40
 MAX_GAP_S = 0.25  # 5 sample periods at 20 Hz; a larger (or negative) step breaks a segment
 

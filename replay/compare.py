@@ -22,11 +22,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
+from models.windows import WINDOW
 from replay.pacing import Chunk
 from stream.codec import DEFAULT_RATE_HZ
 from stream.config import ServeConfig
 
-WINDOW = 80  # models.har.WINDOW, not imported: that would load JAX into every tool
 MATCH_TOLERANCE_S = 1e-3  # the service may recompute t0 + i / rate_hz with rounding
 
 

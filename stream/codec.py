@@ -24,12 +24,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
+from models.windows import RATE_HZ
 from stream.routes import PayloadError
 
 BINARY_MAGIC = b"HSA1"
 BINARY_CONTENT_TYPE = "application/vnd.harstream.accel"
 BINARY_HEADER = struct.Struct("<4sdf")  # magic, t0 (float64), rate_hz (float32)
-DEFAULT_RATE_HZ = 20.0
+DEFAULT_RATE_HZ = RATE_HZ
 MAX_RATE_HZ = 1000.0
 MAX_SAMPLES = 4096
 _AXES = ("x", "y", "z")
