@@ -9,6 +9,7 @@ fails with a ``CheckpointError`` that names the problem, never a bare traceback.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,42 @@ def save(path: str | Path, params: Any, meta: dict[str, Any]) -> Path:
     full.update(meta)
     (path / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def family_meta(
+    family: str, arch: str, config: dict[str, Any], meta: dict[str, Any], required: Sequence[str]
+) -> dict[str, Any]:
+    """Metadata for one family's checkpoint, refusing to write one that lacks ``required`` keys."""
+    full = {"family": family, "arch": arch, "arch_config": config, **meta}
+    missing = [key for key in required if key not in full]
+    if missing:
+        raise ValueError(f"{family} checkpoint metadata needs {missing}")
+    return full
+
+
+def build_from_meta(
+    path: str | Path, family: str, build: Callable[[str, dict[str, Any]], Any]
+) -> tuple[Any, dict[str, Any]]:
+    """Read ``path``'s metadata and rebuild its (untrained) module with ``build(arch, config)``.
+
+    Refuses a checkpoint of another family, or one whose architecture settings ``build``
+    rejects, with a ``CheckpointError``.
+    """
+    meta = load_meta(path)
+    if meta["family"] != family:
+        raise CheckpointError(f"{path} holds a {meta['family']!r} model, not {family}")
+    try:
+        model = build(meta["arch"], meta["arch_config"])
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return model, meta
+
+
+def check_classes(path: str | Path, meta: dict[str, Any], num_classes: int) -> None:
+    """A classifier's checkpoint must name exactly one class per output."""
+    n = len(meta.get("classes", []))
+    if n != num_classes:
+        raise CheckpointError(f"{path}: {n} class names for a {num_classes}-class model")
 
 
 def load_meta(path: str | Path) -> dict[str, Any]:

@@ -17,37 +17,18 @@ def save(
     path: str | Path, arch: str, config: dict[str, Any], params: Any, meta: dict[str, Any]
 ) -> Path:
     """Write a HAR checkpoint; ``meta`` must hold ``classes`` and ``normalization``."""
-    full = {
-        "family": "har",
-        "arch": arch,
-        "arch_config": config,
-        "input_shape": [WINDOW, AXES],
-        "window": WINDOW,
-        "rate_hz": RATE_HZ,
-        **meta,
-    }
-    for key in ("classes", "normalization", "name", "version"):
-        if key not in full:
-            raise ValueError(f"HAR checkpoint metadata needs {key!r}")
+    contract = {"input_shape": [WINDOW, AXES], "window": WINDOW, "rate_hz": RATE_HZ}
+    required = ("classes", "normalization", "name", "version")
+    full = checkpoint.family_meta("har", arch, config, {**contract, **meta}, required)
     return checkpoint.save(path, params, full)
 
 
 def load(path: str | Path) -> tuple[Any, dict[str, Any], Any]:
     """Return ``(module, params, meta)``, checking the weights against the architecture."""
-    meta = checkpoint.load_meta(path)
-    if meta["family"] != "har":
-        raise checkpoint.CheckpointError(f"{path} holds a {meta['family']!r} model, not HAR")
-    try:
-        model = har.build(meta["arch"], meta["arch_config"])
-    except (ValueError, TypeError) as exc:
-        raise checkpoint.CheckpointError(f"{path}: {exc}") from None
+    model, meta = checkpoint.build_from_meta(path, "har", har.build)
+    checkpoint.check_classes(path, meta, model.num_classes)
     expected = jax.eval_shape(lambda: har.init_params(model))
     params, meta = checkpoint.load(path, expected)
-    n = len(meta.get("classes", []))
-    if n != getattr(model, "num_classes", n):
-        raise checkpoint.CheckpointError(
-            f"{path}: {n} class names for a {model.num_classes}-class model"
-        )
     return model, params, meta
 
 

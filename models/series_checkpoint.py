@@ -22,10 +22,8 @@ def save(
     path: str | Path, arch: str, config: dict[str, Any], params: Any, meta: dict[str, Any]
 ) -> Path:
     """Write a sequence checkpoint; ``meta`` must hold ``normalization``, ``name``, ``version``."""
-    full = {"family": "series", "arch": arch, "arch_config": config, **meta}
-    for key in ("normalization", "name", "version"):
-        if key not in full:
-            raise ValueError(f"series checkpoint metadata needs {key!r}")
+    required = ("normalization", "name", "version")
+    full = checkpoint.family_meta("series", arch, config, meta, required)
     full["window"] = int(config["window"])
     full["input_shape"] = [full["window"]]
     full["horizon"] = 1
@@ -34,13 +32,7 @@ def save(
 
 def load(path: str | Path) -> tuple[Any, dict[str, Any], Any]:
     """Return ``(module, params, meta)``, checking the weights and the normalization."""
-    meta = checkpoint.load_meta(path)
-    if meta["family"] != "series":
-        raise checkpoint.CheckpointError(f"{path} holds a {meta['family']!r} model, not series")
-    try:
-        model = series.build(meta["arch"], meta["arch_config"])
-    except (ValueError, TypeError) as exc:
-        raise checkpoint.CheckpointError(f"{path}: {exc}") from None
+    model, meta = checkpoint.build_from_meta(path, "series", series.build)
     norm = meta.get("normalization")
     mode = norm.get("mode") if isinstance(norm, dict) else None
     if mode not in ("global", "window") or (

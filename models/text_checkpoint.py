@@ -22,21 +22,16 @@ def save(
     path: str | Path, arch: str, config: dict[str, Any], params: Any, meta: dict[str, Any]
 ) -> Path:
     """Write a text checkpoint; ``meta`` must hold ``classes`` and the ``text`` block."""
-    full = {"family": "text", "arch": arch, "arch_config": config, **meta}
-    for key in ("classes", "text", "name", "version"):
-        if key not in full:
-            raise ValueError(f"text checkpoint metadata needs {key!r}")
+    required = ("classes", "text", "name", "version")
+    full = checkpoint.family_meta("text", arch, config, meta, required)
     full["input_shape"] = [full["text"]["max_len"] + full["text"].get("char_len", 0)]
     return checkpoint.save(path, params, full)
 
 
 def load(path: str | Path) -> tuple[Any, dict[str, Any], Any]:
     """Return ``(module, params, meta)``, checking weights, vocabulary and classes."""
-    meta = checkpoint.load_meta(path)
-    if meta["family"] != "text":
-        raise checkpoint.CheckpointError(f"{path} holds a {meta['family']!r} model, not text")
+    model, meta = checkpoint.build_from_meta(path, "text", text.build)
     try:
-        model = text.build(meta["arch"], meta["arch_config"])
         encoder = text_prep.TextEncoder.from_meta(meta)
     except (ValueError, TypeError) as exc:
         raise checkpoint.CheckpointError(f"{path}: {exc}") from None
@@ -49,11 +44,7 @@ def load(path: str | Path) -> tuple[Any, dict[str, Any], Any]:
             raise checkpoint.CheckpointError(
                 f"{path}: vocabulary of {got} tokens for a model of {want}"
             )
-    if len(meta.get("classes", [])) != model.num_classes:
-        raise checkpoint.CheckpointError(
-            f"{path}: {len(meta.get('classes', []))} class names for a "
-            f"{model.num_classes}-class model"
-        )
+    checkpoint.check_classes(path, meta, model.num_classes)
     expected = jax.eval_shape(lambda: text.init_params(model, encoder.width))
     params, meta = checkpoint.load(path, expected)
     return model, params, meta
