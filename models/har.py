@@ -70,7 +70,8 @@ def build(arch: str, config: dict[str, Any]) -> nn.Module:
 
 def init_params(model: nn.Module, seed: int = 0) -> Any:
     """Initialise parameters for one 80x3 window."""
-    return model.init(jax.random.PRNGKey(seed), jnp.zeros((1, WINDOW, AXES), jnp.float32))["params"]
+    x = jnp.zeros((1, WINDOW, AXES), jnp.float32)
+    return jax.jit(model.init)(jax.random.PRNGKey(seed), x)["params"]  # one compile, not per op
 
 
 def count_params(params: Any) -> int:
