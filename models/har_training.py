@@ -112,6 +112,18 @@ def split_subjects(
     return Split(train=sorted(rest), val=sorted(val_s), test=sorted(test_s))
 
 
+def config_split(config: HarTrainConfig, windows: Windows) -> Split:
+    """The subject split ``config`` asks for, so the CNN, LSTM and baseline share it."""
+    return split_subjects(
+        windows.subjects,
+        seed=config.split_seed,
+        test_fraction=config.test_fraction,
+        val_fraction=config.val_fraction,
+        test=config.test_subjects,
+        val=config.val_subjects,
+    )
+
+
 def fit_normalization(x: np.ndarray) -> dict[str, list[float]]:
     """Per-axis mean and standard deviation of ``(n, window, 3)`` training windows."""
     flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
@@ -196,14 +208,7 @@ def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True)
     dataset = load_windows(config.data, config.hop)
     log.info(dataset.report.summary())
     windows = dataset.windows
-    split = split_subjects(
-        windows.subjects,
-        seed=config.split_seed,
-        test_fraction=config.test_fraction,
-        val_fraction=config.val_fraction,
-        test=config.test_subjects,
-        val=config.val_subjects,
-    )
+    split = config_split(config, windows)
     log.info("subjects: train %s, validation %s, test %s", split.train, split.val, split.test)
     classes = class_order(windows.labels)
     index = {c: i for i, c in enumerate(classes)}
@@ -374,14 +379,7 @@ def train_baseline_report(config: HarTrainConfig, out: str | Path) -> dict[str, 
 
     dataset = load_windows(config.data, config.hop)
     windows = dataset.windows
-    split = split_subjects(
-        windows.subjects,
-        seed=config.split_seed,
-        test_fraction=config.test_fraction,
-        val_fraction=config.val_fraction,
-        test=config.test_subjects,
-        val=config.val_subjects,
-    )
+    split = config_split(config, windows)
     if not split.test:
         raise ValueError("the baseline needs test subjects to report on")
     classes = class_order(windows.labels)
