@@ -43,8 +43,7 @@ def _register_model(sub: argparse._SubParsersAction) -> None:
             "(CPU) in the same run, after checking that their outputs match, timed in "
             "interleaved rounds. Each peer runs at 1 thread and at one thread per core "
             "(--peer-threads); JAX uses XLA's default CPU thread pool. Also reports model "
-            "load time and compile time per batch bucket. har-lstm has no shipped model and "
-            "uses random weights (per-call time does not depend on them)."
+            "load time and compile time per batch bucket, using the shipped models."
         ),
     )
     p.add_argument(

@@ -23,6 +23,13 @@ from harstream.bench.timing import Timing, time_interleaved
 
 BATCHES = (1, 8, 64, 256)
 FAMILIES = ("har-cnn", "har-lstm", "text", "series")
+# family -> its shipped checkpoint under models/weights/
+SHIPPED = {
+    "har-cnn": "har-cnn",
+    "har-lstm": "har-lstm",
+    "text": "text-cnn",
+    "series": "series-lstm",
+}
 RANDOM_HAR_META = {
     "classes": ["Walking", "Jogging", "Stairs", "Sitting", "Standing", "Kicking"],
     "normalization": {"mean": [0.0, 0.0, 0.0], "std": [4.0, 4.0, 4.0]},
@@ -63,28 +70,19 @@ class ModelBenchRun:
 def load_family(family: str, max_batch: int, workdir: Path) -> tuple[Any, str, float]:
     """``(predictor, weights, seconds to load and compile)`` for a family name.
 
-    ``har-cnn`` uses the shipped model when present; ``har-lstm`` has no shipped model and
-    gets random weights (per-call time does not depend on the weight values). ``text`` and
-    ``series`` use their shipped models and raise ``LookupError`` when those are absent.
+    Every family uses its shipped model. A HAR model missing from the installation is
+    replaced by random weights (per-call time does not depend on the weight values); a
+    missing text or series model raises ``LookupError``.
     """
-    from models.checkpoint import CheckpointError
-    from models.registry import default_checkpoint, load_predictor
+    from models.registry import WEIGHTS_DIR, load_predictor
 
-    registry_family = {"har-cnn": "har", "text": "text", "series": "series"}.get(family)
-    if registry_family is not None:
-        try:
-            path = default_checkpoint(registry_family)
-            weights = "shipped"
-        except CheckpointError as exc:
-            if family != "har-cnn":
-                raise LookupError(str(exc)) from None
-            path, weights = None, "random"
-    elif family == "har-lstm":
-        path, weights = None, "random"
-    else:
+    if family not in SHIPPED:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
-    if path is None:
-        path = random_har_checkpoint(family, workdir / family)
+    path, weights = WEIGHTS_DIR / SHIPPED[family], "shipped"
+    if not path.is_dir():
+        if not family.startswith("har-"):
+            raise LookupError(f"the shipped {family} model is missing from {path}")
+        path, weights = random_har_checkpoint(family, workdir / family), "random"
     start = time.perf_counter()
     try:
         predictor = load_predictor(path, max_batch=max_batch)
