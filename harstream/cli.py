@@ -63,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # JAX reports at INFO that it found no TPU/GPU plugin; on a CPU machine that is noise.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
