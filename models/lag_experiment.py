@@ -143,10 +143,9 @@ def table(cases: list[Case]) -> str:
 
 def plot(cases: list[Case], path: str | Path) -> Path:
     """Prediction errors on the test rows, one panel per data set (like the article's plot)."""
-    import matplotlib
+    from models.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     groups = list(dict.fromkeys(c.data for c in cases))
     fig, axes = plt.subplots(len(groups), 1, figsize=(9, 2.8 * len(groups)), squeeze=False)
@@ -159,8 +158,4 @@ def plot(cases: list[Case], path: str | Path) -> Path:
         ax.legend(fontsize=8, loc="upper right")
     axes[-1, 0].set_xlabel("test example (in sequence order)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)

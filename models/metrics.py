@@ -115,10 +115,9 @@ def save_confusion_png(
     report: dict[str, Any], classes: Sequence[str], path: str | Path, title: str = ""
 ) -> Path:
     """Draw the confusion matrix (counts, row-normalised colours) to a PNG file."""
-    import matplotlib
+    from models.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     matrix = np.asarray(report["confusion"], float)
     rows = matrix.sum(axis=1, keepdims=True)
@@ -137,11 +136,7 @@ def save_confusion_png(
     ax.set_title(title or f"accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}")
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of true class")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def write_json(report: dict[str, Any], path: str | Path) -> Path:

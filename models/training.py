@@ -235,10 +235,9 @@ def save_curves(
     history: Sequence[dict[str, float]], path: str | Path, title: str = "", best_epoch: int = 0
 ) -> Path:
     """Plot training and validation curves: loss, then each metric with a ``val_`` twin."""
-    import matplotlib
+    from models.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     epochs = [h["epoch"] for h in history]
     keys = ["loss"] + sorted(k for k in history[0] if f"val_{k}" in history[0] and k != "loss")
@@ -257,8 +256,4 @@ def save_curves(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

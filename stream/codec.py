@@ -97,7 +97,8 @@ def _looks_binary(payload: bytes) -> bool:
     return any(b < 9 for b in payload[:64])
 
 
-def _number(value: Any, what: str) -> float:
+def number(value: Any, what: str) -> float:
+    """``value`` as a finite float, or a PayloadError naming ``what`` (shared by the routes)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PayloadError("wrong_type", f"{what} must be a number, got {value!r:.40}")
     value = float(value)
@@ -114,9 +115,9 @@ def _decode_single(doc: dict[str, Any]) -> Samples:
             f'sample lacks {", ".join(missing)}; expected {{"x": .., "y": .., "z": ..}} '
             'or {"samples": [[x, y, z], ...]}',
         )
-    row = [_number(doc[a], a) for a in _AXES]
+    row = [number(doc[a], a) for a in _AXES]
     t = doc.get("t")
-    times = None if t is None else [_number(t, "t")]
+    times = None if t is None else [number(t, "t")]
     return Samples([row], times, DEFAULT_RATE_HZ)
 
 
@@ -151,13 +152,13 @@ def _decode_batch(rows: Any, rate_hz: Any, t0: Any) -> Samples:
         return Samples(arr[:, 1:].tolist(), arr[:, 0].astype(np.float64).tolist(), rate)
     times = None
     if t0 is not None:
-        start = _number(t0, "t0")
+        start = number(t0, "t0")
         times = (start + np.arange(arr.shape[0]) / rate).tolist()
     return Samples(arr.tolist(), times, rate)
 
 
 def _rate(value: Any) -> float:
-    rate = _number(value, "rate_hz")
+    rate = number(value, "rate_hz")
     if not 0 < rate <= MAX_RATE_HZ:
         raise PayloadError("wrong_type", f"rate_hz must be in (0, {MAX_RATE_HZ:g}], got {rate}")
     return rate

@@ -9,13 +9,13 @@ it follows.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from typing import Any
 
 import numpy as np
 import orjson
 
+from stream.codec import number
 from stream.routes import PayloadError, Route, Sink, load_family_predictor
 
 FAMILY = "series"
@@ -25,11 +25,7 @@ _NON_FINITE = (b"nan", b"inf", b"-inf", b"infinity", b"-infinity")
 
 
 def _finite(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise PayloadError("wrong_type", f"{what} must be a number, got {value!r:.40}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise PayloadError("non_finite", f"{what} is {value}, not a finite number")
+    value = number(value, what)
     if abs(value) > MAX_ABS:
         raise PayloadError("out_of_range", f"{what} is {value:g}; magnitudes up to {MAX_ABS:g}")
     return value

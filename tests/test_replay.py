@@ -34,28 +34,24 @@ def write_wisdm2019(path: Path, subjects: tuple[str, ...] = ("1650",), n: int = 
     return path
 
 
-def write_wisdm2019_ts(path: Path) -> Path:
-    codes = {"walking": "A", "sitting": "D"}
+def _write_timestamped(path: Path, subject: str, names: dict[str, str]) -> Path:
+    """``subject,activity,timestamp_ns,x,y,z;`` lines, the layout WISDM 2019 and v1.1 share."""
     rows = zip(_labels(), _signal(), strict=True)
     path.write_text(
         "".join(
-            f"1651,{codes[label]},{T0_NS + i * 50_000_000},{x:.5f},{y:.5f},{z:.5f};\n"
+            f"{subject},{names[label]},{T0_NS + i * 50_000_000},{x:.5f},{y:.5f},{z:.5f};\n"
             for i, (label, (x, y, z)) in enumerate(rows)
         )
     )
     return path
+
+
+def write_wisdm2019_ts(path: Path) -> Path:
+    return _write_timestamped(path, "1651", {"walking": "A", "sitting": "D"})
 
 
 def write_wisdm_v11(path: Path) -> Path:
-    names = {"walking": "Walking", "sitting": "Sitting"}
-    rows = zip(_labels(), _signal(), strict=True)
-    path.write_text(
-        "".join(
-            f"33,{names[label]},{T0_NS + i * 50_000_000},{x:.5f},{y:.5f},{z:.5f};\n"
-            for i, (label, (x, y, z)) in enumerate(rows)
-        )
-    )
-    return path
+    return _write_timestamped(path, "33", {"walking": "Walking", "sitting": "Sitting"})
 
 
 def write_csv(path: Path) -> Path:

@@ -9,20 +9,12 @@ from typing import Any
 import numpy as np
 
 from harstream.bench.timing import Timing
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from models.figures import pyplot, save_figure
 
 
 def latency_cdf(timings: Mapping[tuple[str, str, int], Timing], out: Path) -> Path:
     """One panel per (family, batch size): the CDF of per-call latency of each runtime."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import NullFormatter
 
     families = list(dict.fromkeys(f for f, _, _ in timings))
@@ -49,7 +41,7 @@ def latency_cdf(timings: Mapping[tuple[str, str, int], Timing], out: Path) -> Pa
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def e2e_curves(
@@ -61,7 +53,7 @@ def e2e_curves(
     ``latency_ms``, ``samples_per_s``), one per measured number of devices; ``bound_ms``
     draws the sweep's p99 bound.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, (lat, thr) = plt.subplots(1, 2, figsize=(11, 4))
     for (label, rows), style in zip(series.items(), ("-", "--", ":", "-."), strict=False):
         rows = sorted(rows, key=lambda r: r["devices"])
@@ -88,12 +80,4 @@ def e2e_curves(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, out)
-
-
-def _save(fig: Any, out: Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    _pyplot().close(fig)
-    return out
+    return save_figure(fig, out)
