@@ -22,6 +22,10 @@ def _subjects(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
+def _val_subjects(text: str) -> list[str]:
+    return [] if text.strip().lower() == "none" else _subjects(text)
+
+
 def register(groups: dict[str, Any]) -> None:
     """Add ``train har``, ``evaluate har`` and ``summary``."""
     from models.windows import DEFAULT_HOP
@@ -31,8 +35,12 @@ def register(groups: dict[str, Any]) -> None:
         help="train the HAR CNN or LSTM (or the feature baseline) on accelerometer recordings",
         description="Split subjects into train / validation / test, standardize axes on the "
         "training subjects, train with AdamW, orientation augmentation and early stopping on "
-        "validation accuracy, report accuracy and macro-F1 on the unseen test subjects and save "
-        "a checkpoint with training curves (curves.png inside it). Deterministic for a seed.",
+        "validation accuracy (or, with --val-subjects none, a fixed number of epochs on train "
+        "and validation subjects together), report accuracy and macro-F1 on the unseen test "
+        "subjects and save a checkpoint with training curves (curves.png inside it). With "
+        "--folds K, cross-validate instead: K groups of the non-test subjects, each validated "
+        "on after every epoch, test subjects untouched; writes cv.json, no checkpoint. "
+        "Deterministic for a seed.",
     )
     train.add_argument("--data", required=True, help=DATA_HELP)
     train.add_argument(
@@ -87,6 +95,47 @@ def register(groups: dict[str, Any]) -> None:
         "(default: %(default)s)",
     )
     train.add_argument(
+        "--tilt",
+        type=float,
+        default=15.0,
+        help="largest random tilt of the watch face, degrees (default: %(default)s)",
+    )
+    train.add_argument(
+        "--scale",
+        type=float,
+        default=0.0,
+        help="scale each training window by a random factor in [1-S, 1+S]; 0: off "
+        "(default: %(default)s)",
+    )
+    train.add_argument(
+        "--jitter",
+        type=float,
+        default=0.0,
+        help="add Gaussian noise of this deviation (m/s^2); 0: off (default: %(default)s)",
+    )
+    train.add_argument(
+        "--warp",
+        type=float,
+        default=0.0,
+        help="stretch each training window in time by a random factor in [1/(1+W), 1+W]; "
+        "0: off (default: %(default)s)",
+    )
+    train.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="validate and keep an exponential moving average of the weights with this "
+        "decay per step, e.g. 0.99; 0: off (default: %(default)s)",
+    )
+    train.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
+        help="subject-grouped K-fold cross-validation over the non-test subjects (all "
+        "--epochs, no early stopping); writes OUT/cv.json instead of a checkpoint",
+    )
+    train.add_argument(
         "--test-subjects",
         type=_subjects,
         metavar="S1,S2",
@@ -94,9 +143,11 @@ def register(groups: dict[str, Any]) -> None:
     )
     train.add_argument(
         "--val-subjects",
-        type=_subjects,
+        type=_val_subjects,
         metavar="S1,S2",
-        help="validation subjects for early stopping (default: a seeded --val-fraction)",
+        help="validation subjects for early stopping (default: a seeded --val-fraction); "
+        "'none': no validation, train all non-test subjects for exactly --epochs and keep "
+        "the last (or --ema averaged) weights",
     )
     train.add_argument(
         "--split-seed", type=int, default=0, help="seed of the subject split (default: %(default)s)"
@@ -155,7 +206,12 @@ def register(groups: dict[str, Any]) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from models.data import DataError
-    from models.har_training import HarTrainConfig, train_baseline_report, train_har
+    from models.har_training import (
+        HarTrainConfig,
+        cross_validate_har,
+        train_baseline_report,
+        train_har,
+    )
 
     config = HarTrainConfig(
         data=args.data,
@@ -169,6 +225,11 @@ def _train(args: argparse.Namespace) -> int:
         label_smoothing=args.label_smoothing,
         patience=args.patience,
         augment=args.augment,
+        tilt=args.tilt,
+        scale=args.scale,
+        jitter=args.jitter,
+        warp=args.warp,
+        ema=args.ema,
         split_seed=args.split_seed,
         test_fraction=args.test_fraction,
         val_fraction=args.val_fraction,
@@ -177,6 +238,19 @@ def _train(args: argparse.Namespace) -> int:
         **({"version": args.version} if args.version else {}),
     )
     try:
+        if args.folds is not None:
+            cv = cross_validate_har(config, args.folds, args.out, progress=not args.no_progress)
+            for i, fold in enumerate(cv["folds"], 1):
+                print(
+                    f"fold {i}: validation {','.join(fold['val'])}: final accuracy "
+                    f"{fold['val_accuracy'][-1]:.4f}"
+                )
+            print(
+                f"mean validation accuracy over {args.folds} folds: final "
+                f"{cv['final_mean_val_accuracy']:.4f}, best {cv['best_mean_val_accuracy']:.4f} "
+                f"at epoch {cv['best_mean_epoch']}; report in {Path(args.out) / 'cv.json'}"
+            )
+            return 0
         if args.model == "baseline":
             report = train_baseline_report(config, args.out)
             _print_report(report, f"baseline on test subjects, report in {args.out}")
@@ -186,10 +260,15 @@ def _train(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     training = meta["training"]
+    val_accuracy = meta["metrics"]["validation_accuracy"]
     print(
         f"saved {meta['name']} to {args.out}: {training['epochs_run']} epochs "
         f"(best {training['best_epoch']}), {training['seconds_per_epoch']:.1f} s/epoch, "
-        f"validation accuracy {meta['metrics']['validation_accuracy']:.4f}"
+        + (
+            f"validation accuracy {val_accuracy:.4f}"
+            if val_accuracy is not None
+            else "no validation"
+        )
     )
     if meta["metrics"]["test"] is not None:
         _print_report(

@@ -56,6 +56,11 @@ class HarTrainConfig:
     label_smoothing: float = 0.1
     patience: int = 8
     augment: str = "mirror"  # best on validation subjects (README: HAR models)
+    tilt: float = TILT_DEG  # largest random tilt of the watch face, degrees
+    scale: float = 0.0  # amplitude scaling by a factor in [1 - scale, 1 + scale] per window
+    jitter: float = 0.0  # Gaussian noise, m/s^2 (standard deviation)
+    warp: float = 0.0  # time stretch by a factor in [1/(1 + warp), 1 + warp] per window
+    ema: float = 0.0  # decay of the weight average (0: off)
     split_seed: int = 0
     test_fraction: float = 0.2
     val_fraction: float = 0.15
@@ -83,6 +88,8 @@ def split_subjects(
 ) -> Split:
     """Deterministic split of subjects; explicit ``test``/``val`` lists win over fractions.
 
+    ``val=[]`` means no validation subjects (train for a fixed number of epochs).
+
     Subjects not named explicitly are shuffled with ``seed`` and the fractions are taken
     (at least one each when there are three or more subjects); the rest train.
     """
@@ -106,7 +113,7 @@ def split_subjects(
         return picked
 
     test_s = sorted(test) if test else take(test_fraction)
-    val_s = sorted(val) if val else take(val_fraction)
+    val_s = sorted(val) if val is not None else take(val_fraction)  # []: no validation
     if not rest:
         raise ValueError(f"no subjects left for training out of {everyone}")
     return Split(train=sorted(rest), val=sorted(val_s), test=sorted(test_s))
@@ -134,7 +141,9 @@ def fit_normalization(x: np.ndarray) -> dict[str, list[float]]:
 AUGMENTATIONS = ("rotate", "mirror", "none")
 
 
-def random_orientations(rng: np.random.Generator, n: int, mode: str = "rotate") -> np.ndarray:
+def random_orientations(
+    rng: np.random.Generator, n: int, mode: str = "rotate", tilt_deg: float = TILT_DEG
+) -> np.ndarray:
     """``(n, 3, 3)`` random watch orientations: mirror x, rotate about z, tilt a little.
 
     ``rotate`` turns the watch by any angle about z; ``mirror`` only by 0 or 180 degrees
@@ -147,13 +156,13 @@ def random_orientations(rng: np.random.Generator, n: int, mode: str = "rotate") 
         angle = rng.uniform(-np.pi, np.pi, n)
     else:
         angle = np.where(rng.random(n) < 0.5, 0.0, np.pi)
-        angle += np.deg2rad(rng.uniform(-TILT_DEG, TILT_DEG, n))
+        angle += np.deg2rad(rng.uniform(-tilt_deg, tilt_deg, n))
     c, s = np.cos(angle), np.sin(angle)
     mirror = np.where(rng.random(n) < 0.5, -1.0, 1.0)
     tilt_axis = rng.normal(size=(n, 3))
     tilt_axis[:, 2] = 0.0  # tilt about an in-plane axis
     tilt_axis /= np.linalg.norm(tilt_axis, axis=1, keepdims=True) + 1e-12
-    tilt = np.deg2rad(rng.uniform(-TILT_DEG, TILT_DEG, n))
+    tilt = np.deg2rad(rng.uniform(-tilt_deg, tilt_deg, n))
     for i in range(n):
         rz = np.array([[c[i], -s[i], 0.0], [s[i], c[i], 0.0], [0.0, 0.0, 1.0]])
         k = np.array(
@@ -171,6 +180,49 @@ def random_orientations(rng: np.random.Generator, n: int, mode: str = "rotate") 
 def rotate(x: np.ndarray, rotations: np.ndarray) -> np.ndarray:
     """Apply one 3x3 matrix per window to ``(n, window, 3)`` samples."""
     return np.einsum("nij,ntj->nti", rotations, x).astype(np.float32)
+
+
+def random_scale(rng: np.random.Generator, x: np.ndarray, amount: float) -> np.ndarray:
+    """Multiply each window by one factor drawn from ``[1 - amount, 1 + amount]``
+    (sensor gain and how hard people move differ; the direction of gravity is kept)."""
+    factor = rng.uniform(1.0 - amount, 1.0 + amount, (len(x), 1, 1))
+    return (x * factor).astype(np.float32)
+
+
+def random_jitter(rng: np.random.Generator, x: np.ndarray, std: float) -> np.ndarray:
+    """Add Gaussian noise of ``std`` m/s^2 to every sample."""
+    return (x + rng.normal(0.0, std, x.shape)).astype(np.float32)
+
+
+def random_warp(rng: np.random.Generator, x: np.ndarray, amount: float) -> np.ndarray:
+    """Stretch or squeeze each window in time about its centre by a factor drawn
+    log-uniformly from ``[1/(1 + amount), 1 + amount]`` (people walk at different
+    cadences), by linear interpolation; samples beyond an edge are mirrored back in."""
+    n, length = x.shape[:2]
+    bound = np.log1p(amount)
+    speed = np.exp(rng.uniform(-bound, bound, (n, 1)))
+    centre = (length - 1) / 2.0
+    pos = centre + (np.arange(length)[None, :] - centre) * speed
+    period = 2.0 * (length - 1)
+    pos = np.mod(pos, period)
+    pos = np.where(pos > length - 1, period - pos, pos)  # reflect at the edges
+    lo = np.clip(np.floor(pos).astype(int), 0, length - 2)
+    frac = (pos - lo)[:, :, None]
+    rows = np.arange(n)[:, None]
+    return (x[rows, lo] * (1.0 - frac) + x[rows, lo + 1] * frac).astype(np.float32)
+
+
+def augment_windows(rng: np.random.Generator, x: np.ndarray, config: HarTrainConfig) -> np.ndarray:
+    """All training augmentations ``config`` asks for: orientation, time warp, scale, jitter."""
+    if config.augment != "none":
+        x = rotate(x, random_orientations(rng, len(x), config.augment, config.tilt))
+    if config.warp > 0:
+        x = random_warp(rng, x, config.warp)
+    if config.scale > 0:
+        x = random_scale(rng, x, config.scale)
+    if config.jitter > 0:
+        x = random_jitter(rng, x, config.jitter)
+    return x
 
 
 @dataclass
@@ -192,36 +244,49 @@ def load_windows(path: str | Path, hop: int = DEFAULT_HOP) -> HarDataset:
     return HarDataset(windows, report)
 
 
-def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Train, test on held-out subjects, save the checkpoint and curves; return its metadata."""
-    import jax
-    import optax
-
-    from models import har_checkpoint, metrics, training
-
+def _check_config(config: HarTrainConfig) -> None:
     if config.augment not in AUGMENTATIONS:
         raise ValueError(
             f"unknown augmentation {config.augment!r}; expected one of {AUGMENTATIONS}"
         )
     if config.model not in MODELS:
         raise ValueError(f"unknown model {config.model!r}; expected one of {sorted(MODELS)}")
-    dataset = load_windows(config.data, config.hop)
-    log.info(dataset.report.summary())
-    windows = dataset.windows
-    split = config_split(config, windows)
-    log.info("subjects: train %s, validation %s, test %s", split.train, split.val, split.test)
-    classes = class_order(windows.labels)
+
+
+@dataclass
+class _Fitted:
+    """What one training run on one split produced."""
+
+    arch: str
+    arch_config: dict[str, Any]
+    model: Any
+    params: Any
+    norm: dict[str, list[float]]
+    result: Any  # training.FitResult
+    parts: dict[str, Windows]
+
+
+def _fit_split(
+    config: HarTrainConfig, windows: Windows, split: Split, classes: list[str], progress: bool
+) -> _Fitted:
+    """Train ``config``'s network on ``split.train``; validate on ``split.val`` after each
+    epoch (early stopping, best epoch kept), or, without validation subjects, train the
+    fixed number of epochs and keep the last (or averaged) weights."""
+    import jax
+    import optax
+
+    from models import training
+
     index = {c: i for i, c in enumerate(classes)}
     parts = {name: windows.of_subjects(getattr(split, name)) for name in ("train", "val", "test")}
     for name, part in parts.items():
-        if len(part) == 0 and (name != "test" or split.test):
+        if len(part) == 0 and (name == "train" or getattr(split, name)):
             raise ValueError(f"the {name} subjects have no windows")
     train_w, val_w = parts["train"], parts["val"]
     norm = fit_normalization(train_w.x)
     mean = np.asarray(norm["mean"], np.float32)
     std = np.asarray(norm["std"], np.float32)
     y_train = np.asarray([index[c] for c in train_w.labels], np.int32)
-    y_val = np.asarray([index[c] for c in val_w.labels], np.int32)
 
     arch = MODELS[config.model]
     arch_config = {"num_classes": len(classes)}
@@ -230,9 +295,7 @@ def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True)
 
     def prepare(rng: np.random.Generator, batch):
         x, y = batch
-        if config.augment != "none":
-            x = rotate(x, random_orientations(rng, len(x), config.augment))
-        return (x - mean) / std, y
+        return (augment_windows(rng, x, config) - mean) / std, y
 
     steps = max(1, len(train_w) // min(config.batch_size, len(train_w)))
     schedule = optax.warmup_cosine_decay_schedule(  # one warm-up epoch when there is room
@@ -242,9 +305,12 @@ def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True)
         decay_steps=steps * config.epochs,
     )
     optimizer = optax.adamw(schedule, weight_decay=config.weight_decay)
-    validate = training.classification_eval(
-        lambda p, x: model.apply({"params": p}, x), (val_w.x - mean) / std, y_val
-    )
+    validate = None
+    if len(val_w):
+        y_val = np.asarray([index[c] for c in val_w.labels], np.int32)
+        validate = training.classification_eval(
+            lambda p, x: model.apply({"params": p}, x), (val_w.x - mean) / std, y_val
+        )
     result = training.fit(
         training.classifier_loss(model, config.label_smoothing),
         params,
@@ -254,18 +320,40 @@ def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True)
         batch_size=config.batch_size,
         seed=config.seed,
         validate=validate,
-        monitor="val_accuracy",
-        mode="max",
+        monitor="val_accuracy" if validate else "loss",
+        mode="max" if validate else "min",
         patience=config.patience,
         augment=prepare,
         progress=progress,
         desc=arch,
+        ema_decay=config.ema,
+        restore_best=validate is not None,
     )
     params = jax.device_get(result.params)
-    forward = jax.jit(har.make_forward(model, mean, std))
+    return _Fitted(arch, arch_config, model, params, norm, result, parts)
+
+
+def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Train, test on held-out subjects, save the checkpoint and curves; return its metadata."""
+    import jax
+
+    from models import har_checkpoint, metrics, training
+
+    _check_config(config)
+    dataset = load_windows(config.data, config.hop)
+    log.info(dataset.report.summary())
+    windows = dataset.windows
+    split = config_split(config, windows)
+    log.info("subjects: train %s, validation %s, test %s", split.train, split.val, split.test)
+    classes = class_order(windows.labels)
+    fitted = _fit_split(config, windows, split, classes, progress)
+    result, parts, norm, arch = fitted.result, fitted.parts, fitted.norm, fitted.arch
+    forward = jax.jit(
+        har.make_forward(fitted.model, np.asarray(norm["mean"]), np.asarray(norm["std"]))
+    )
     test_report = None
     if len(parts["test"]):
-        probs = training.predict_batches(forward, params, parts["test"].x)
+        probs = training.predict_batches(forward, fitted.params, parts["test"].x)
         test_report = metrics.classification_report(
             parts["test"].labels, [classes[i] for i in probs.argmax(-1)], classes
         )
@@ -289,19 +377,83 @@ def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True)
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
         "metrics": {
-            "validation_accuracy": result.best_value,
+            "validation_accuracy": result.best_value if split.val else None,
             "test": test_report,
         },
     }
     out = Path(out)
-    har_checkpoint.save(out, arch, arch_config, params, meta)
+    har_checkpoint.save(out, arch, fitted.arch_config, fitted.params, meta)
     training.save_curves(
         result.history,
         out / "curves.png",
         title=f"{arch}: train {len(split.train)} / validation {len(split.val)} subjects",
-        best_epoch=result.best_epoch,
+        best_epoch=result.best_epoch if split.val else 0,
     )
     return meta
+
+
+def subject_folds(subjects: Sequence[str], k: int, seed: int = 0) -> list[list[str]]:
+    """``k`` disjoint groups of subjects covering all of them (shuffled with ``seed``,
+    sizes differing by at most one), for subject-grouped cross-validation."""
+    everyone = sorted({str(s) for s in subjects})
+    if not 2 <= k <= len(everyone):
+        raise ValueError(f"need 2 <= folds <= {len(everyone)} subjects, got {k}")
+    order = [everyone[i] for i in np.random.default_rng(seed).permutation(len(everyone))]
+    return [sorted(order[i::k]) for i in range(k)]
+
+
+def cross_validate_har(
+    config: HarTrainConfig, folds: int, out: str | Path, *, progress: bool = True
+) -> dict[str, Any]:
+    """Subject-grouped K-fold cross-validation over the non-test subjects of the split.
+
+    The test subjects are left out entirely. Each fold validates on its group of subjects
+    after every epoch and trains on the other groups for all ``config.epochs`` (no early
+    stopping), so the mean validation curve shows how many epochs to train the final model.
+    The CNN/LSTM or the feature baseline (``config.model == "baseline"``); writes ``cv.json``.
+    """
+    from models import metrics
+
+    if config.model != "baseline":
+        _check_config(config)
+    dataset = load_windows(config.data, config.hop)
+    windows = dataset.windows
+    split = config_split(config, windows)
+    pool = sorted(split.train + split.val)
+    classes = class_order(windows.labels)
+    runs = []
+    for i, group in enumerate(subject_folds(pool, folds, config.split_seed)):
+        fold = Split(train=[s for s in pool if s not in group], val=group, test=[])
+        log.info("fold %d/%d: validation subjects %s", i + 1, folds, group)
+        if config.model == "baseline":
+            from models import baseline
+
+            train_w, val_w = windows.of_subjects(fold.train), windows.of_subjects(fold.val)
+            model, _ = baseline.train_baseline(train_w.x, train_w.labels, seed=config.seed)
+            accuracy = float((baseline.predict_baseline(model, val_w.x) == val_w.labels).mean())
+            runs.append({"val": group, "val_accuracy": [accuracy]})
+            continue
+        cfg = HarTrainConfig(**{**asdict(config), "patience": config.epochs + 1})
+        result = _fit_split(cfg, windows, fold, classes, progress).result
+        runs.append(
+            {
+                "val": group,
+                "val_accuracy": [h["val_accuracy"] for h in result.history],
+                "seconds_per_epoch": round(result.mean_epoch_seconds, 2),
+            }
+        )
+    curve = np.mean([r["val_accuracy"] for r in runs], axis=0)
+    report = {
+        "config": asdict(config),
+        "folds": runs,
+        "test_subjects_left_out": split.test,
+        "mean_val_accuracy": curve.tolist(),
+        "final_mean_val_accuracy": float(curve[-1]),
+        "best_mean_epoch": int(curve.argmax()) + 1,
+        "best_mean_val_accuracy": float(curve.max()),
+    }
+    metrics.write_json(report, Path(out) / "cv.json")
+    return report
 
 
 def _chosen_subjects(

@@ -10,7 +10,10 @@ API (stable; other families build on it):
 - :func:`fit` runs epochs of shuffled mini-batches through one ``jax.jit``-compiled
   step (``loss_fn`` + ``optimizer.update`` + ``optax.apply_updates``), calls
   ``validate(params) -> dict`` after each epoch, stops early when ``monitor`` has not
-  improved for ``patience`` epochs and returns a :class:`FitResult` with the best params.
+  improved for ``patience`` epochs and returns a :class:`FitResult` with the best params
+  (``restore_best=False``: the last ones, for a fixed epoch count). ``ema_decay > 0`` keeps
+  an exponential moving average of the weights (updated every step); it is what
+  ``validate`` sees and what is returned, still one set of parameters of the same model.
   Runs are deterministic for a seed (shuffling, dropout and ``augment`` all derive from it).
 - :func:`predict_batches` applies a jitted function over a big array in fixed-size
   batches (padding the last one, so it compiles once).
@@ -133,6 +136,8 @@ def fit(
     augment: Callable[[np.random.Generator, Batch], Batch] | None = None,
     progress: bool = True,
     desc: str = "train",
+    ema_decay: float = 0.0,
+    restore_best: bool = True,
 ) -> FitResult:
     """Train ``params`` on ``train`` with ``optimizer``; see the module docstring.
 
@@ -148,20 +153,28 @@ def fit(
         raise ValueError(f"training arrays differ in length: {[len(a) for a in train]}")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
     batch_size = min(batch_size, n)
     if batch_size < 1:
         raise ValueError("no training data")
     steps = n // batch_size
 
     @jax.jit
-    def step(params, opt_state, batch, rng):
+    def step(params, ema, opt_state, batch, rng):
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, aux
+        params = optax.apply_updates(params, updates)
+        if ema_decay:
+            ema = jax.tree_util.tree_map(
+                lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params
+            )
+        return params, ema, opt_state, loss, aux
 
     np_rng = np.random.default_rng(seed)
     key = jax.random.PRNGKey(seed)
     opt_state = optimizer.init(params)
+    ema = params  # the averaged weights when ema_decay > 0 (else unused)
     better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
     best_value = np.inf if mode == "min" else -np.inf
     best_params, best_epoch, bad_epochs = params, 0, 0
@@ -179,7 +192,7 @@ def fit(
             if augment is not None:
                 batch = augment(np_rng, batch)
             key, sub = jax.random.split(key)
-            params, opt_state, loss, aux = step(params, opt_state, batch, sub)
+            params, ema, opt_state, loss, aux = step(params, ema, opt_state, batch, sub)
             values = {"loss": float(loss), **{k: float(v) for k, v in aux.items()}}
             for k, v in values.items():
                 totals[k] = totals.get(k, 0.0) + v
@@ -188,8 +201,9 @@ def fit(
                 bar.update()
         epoch_seconds.append(time.perf_counter() - start)
         record: dict[str, float] = {"epoch": epoch, **{k: v / steps for k, v in totals.items()}}
+        current = ema if ema_decay else params
         if validate is not None:
-            record.update(validate(params))
+            record.update(validate(current))
         record["seconds"] = epoch_seconds[-1]
         if bar is not None:
             bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "epoch"})
@@ -205,8 +219,10 @@ def fit(
         if monitor not in record:
             raise KeyError(f"monitor {monitor!r} not among the epoch metrics {sorted(record)}")
         value = record[monitor]
-        if better(value, best_value):
-            best_value, best_params, best_epoch, bad_epochs = value, params, epoch, 0
+        if not restore_best:
+            best_value, best_params, best_epoch = value, current, epoch
+        elif better(value, best_value):
+            best_value, best_params, best_epoch, bad_epochs = value, current, epoch, 0
         else:
             bad_epochs += 1
             if bad_epochs >= patience:

@@ -19,11 +19,17 @@ import pytest
 from harstream.cli import main
 from models import har, metrics, summary, training
 from models.har_training import (
+    HarTrainConfig,
+    augment_windows,
     class_order,
     fit_normalization,
+    random_jitter,
     random_orientations,
+    random_scale,
+    random_warp,
     rotate,
     split_subjects,
+    subject_folds,
 )
 from models.registry import load_predictor
 
@@ -73,7 +79,7 @@ class Tiny(nn.Module):
         return nn.Dense(3)(x)
 
 
-def tiny_run(seed: int):
+def tiny_run(seed: int, **kwargs):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(192, 8)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 1).astype(np.int32)
@@ -94,6 +100,7 @@ def tiny_run(seed: int):
         monitor="val_accuracy",
         mode="max",
         progress=False,
+        **kwargs,
     )
 
 
@@ -110,6 +117,18 @@ def test_fit_lowers_the_loss_and_is_deterministic(tmp_path):
     assert first.best_epoch == max(range(1, 7), key=lambda e: first.history[e - 1]["val_accuracy"])
     png = training.save_curves(first.history, tmp_path / "curves.png", best_epoch=2)
     assert png.stat().st_size > 1000
+
+
+def test_fit_weight_average_and_last_epoch():
+    plain, last, ema = tiny_run(0), tiny_run(0, restore_best=False), tiny_run(0, ema_decay=0.9)
+    assert last.best_epoch == 6 and last.best_value == last.history[-1]["val_accuracy"]
+    assert plain.history[0]["loss"] == ema.history[0]["loss"]  # same steps, other weights
+    differ = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), plain.params, ema.params)
+    assert any(jax.tree_util.tree_leaves(differ))
+    assert ema.history[0]["val_accuracy"] != plain.history[0]["val_accuracy"]
+    assert ema.best_value > 0.65
+    with pytest.raises(ValueError, match="ema_decay"):
+        tiny_run(0, ema_decay=1.0)
 
 
 def test_fit_rejects_bad_arguments():
@@ -154,6 +173,47 @@ def test_split_is_deterministic_disjoint_and_honours_choices():
         split_subjects(subjects, test=["9999"])
     with pytest.raises(ValueError, match="no subjects left"):
         split_subjects(["a", "b"], test=["a"], val=["b"])
+    no_val = split_subjects(subjects, seed=0, val=[])
+    assert no_val.val == [] and no_val.test == split.test
+    assert no_val.train == sorted(split.train + split.val)
+
+
+def test_subject_folds_cover_the_subjects_once():
+    subjects = [str(s) for s in range(1600, 1633)]
+    folds = subject_folds(subjects, 3, seed=0)
+    assert [len(f) for f in folds] == [11, 11, 11]
+    assert sorted(sum(folds, [])) == subjects
+    assert folds == subject_folds(list(reversed(subjects)), 3, seed=0)
+    assert folds != subject_folds(subjects, 3, seed=1)
+    assert [len(f) for f in subject_folds(subjects[:7], 3)] == [3, 2, 2]
+    for bad in (1, 34):
+        with pytest.raises(ValueError, match="folds"):
+            subject_folds(subjects, bad)
+
+
+def test_amplitude_jitter_and_time_warp_augmentations():
+    rng = np.random.default_rng(0)
+    t = np.arange(80) / 20.0
+    x = np.stack([np.sin(2 * np.pi * 2 * t), np.cos(2 * np.pi * 2 * t), np.full(80, 9.8)], -1)
+    x = np.repeat(x[None], 256, axis=0).astype(np.float32)
+    scaled = random_scale(rng, x, 0.2)
+    ratio = scaled[:, 0, 2] / x[:, 0, 2]
+    assert 0.8 <= ratio.min() < 0.85 and 1.15 < ratio.max() <= 1.2
+    np.testing.assert_allclose(scaled / ratio[:, None, None], x, rtol=1e-5)  # one factor
+    noisy = random_jitter(rng, x, 0.1)
+    assert noisy.dtype == np.float32 and 0.09 < float((noisy - x).std()) < 0.11
+    np.testing.assert_allclose(random_warp(rng, x, 0.0), x, atol=1e-5)
+    warped = random_warp(rng, x, 0.25)
+    assert warped.shape == x.shape and warped.dtype == np.float32
+    np.testing.assert_allclose(warped[:, :, 2], 9.8, rtol=1e-5)  # constants stay
+    assert np.abs(warped[:, :, :2]).max() <= 1.0 + 1e-5 and not np.allclose(warped, x)
+    # the dominant frequency (2 Hz, bin 8) moves by at most the stretch factor
+    peaks = np.abs(np.fft.rfft(warped[:, :, 0], axis=1)).argmax(axis=1)
+    assert peaks.min() >= 6 and peaks.max() <= 10 and len(set(peaks.tolist())) > 1
+    config = HarTrainConfig(data="", augment="none")
+    np.testing.assert_array_equal(augment_windows(rng, x, config), x)
+    config = HarTrainConfig(data="", augment="mirror", scale=0.2, jitter=0.1, warp=0.1)
+    assert not np.allclose(augment_windows(rng, x, config), x)
 
 
 def test_orientations_are_rotations_or_mirrors_and_keep_magnitude():
@@ -228,6 +288,34 @@ def test_evaluate_command_errors_are_clear(trained, tmp_path, caplog):
     assert "unknown layout" in caplog.text
     assert main(["evaluate", "har", "--data", str(bad), "--model", str(tmp_path)]) == 2
     assert "not a harstream checkpoint" in caplog.text
+
+
+def test_fixed_epochs_without_validation_and_cross_validation(generated, tmp_path, capsys):
+    out = tmp_path / "fixed"
+    assert main(["train", "har", "--data", str(generated), "--epochs", "2", "--batch-size", "64",
+                 "--out", str(out), "--test-subjects", "1600", "--val-subjects", "none",
+                 "--no-progress", "--ema", "0.9", "--scale", "0.1",
+                 "--warp", "0.1"]) == 0  # fmt: skip
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["training"]["split"]["val"] == [] and len(meta["training"]["split"]["train"]) == 5
+    assert meta["training"]["epochs_run"] == 2 and meta["training"]["best_epoch"] == 2
+    assert meta["metrics"]["validation_accuracy"] is None
+    assert meta["training"]["config"]["ema"] == 0.9
+    assert "no validation" in capsys.readouterr().out
+    cv = tmp_path / "cv"
+    assert main(["train", "har", "--data", str(generated), "--epochs", "2", "--batch-size", "64",
+                 "--out", str(cv), "--test-subjects", "1600", "--folds", "2",
+                 "--no-progress", "--augment", "none", "--lr", "3e-3"]) == 0  # fmt: skip
+    report = json.loads((cv / "cv.json").read_text())
+    assert [len(f["val"]) for f in report["folds"]] == [3, 2]
+    assert sorted(sum((f["val"] for f in report["folds"]), [])) == [
+        str(s) for s in range(1601, 1606)
+    ]
+    assert report["test_subjects_left_out"] == ["1600"]
+    assert all(len(f["val_accuracy"]) == 2 for f in report["folds"])
+    assert len(report["mean_val_accuracy"]) == 2 and 1 <= report["best_mean_epoch"] <= 2
+    assert not (cv / "meta.json").exists()
+    assert "mean validation accuracy over 2 folds" in capsys.readouterr().out
 
 
 def test_real_data_smoke(shared_data, tmp_path):
