@@ -181,6 +181,14 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("max_batch", "int", 128, "largest inference batch (power-of-two buckets)", "N"),
     Option("max_wait_ms", "float", 2.0, "how long a forming batch waits for more windows", "MS"),
     Option("queue_size", "int", 4096, "ready windows waiting for inference (oldest dropped)", "N"),
+    Option(
+        "inference_threads",
+        "int",
+        None,
+        "CPU threads JAX computes with (default: one per core); 1 costs the least CPU per "
+        "small batch and leaves cores to the broker on a small machine",
+        "N",
+    ),
     Option("max_devices", "int", 10000, "live device buffers per family (LRU evicted)", "N"),
     Option("idle_ttl", "float", 300.0, "evict a device's buffer after this idle time", "SECONDS"),
     Option("max_payload", "int", 65536, "largest accepted payload", "BYTES"),
@@ -216,6 +224,7 @@ class ServeConfig:
     max_batch: int = 128
     max_wait_ms: float = 2.0
     queue_size: int = 4096
+    inference_threads: int | None = None
     max_devices: int = 10000
     idle_ttl: float = 300.0
     max_payload: int = 65536
@@ -233,6 +242,10 @@ class ServeConfig:
             (self.max_batch >= 1, f"max_batch must be >= 1, got {self.max_batch}"),
             (self.max_wait_ms >= 0, f"max_wait_ms must be >= 0, got {self.max_wait_ms}"),
             (self.queue_size >= 1, f"queue_size must be >= 1, got {self.queue_size}"),
+            (
+                self.inference_threads is None or self.inference_threads >= 1,
+                f"inference_threads must be >= 1, got {self.inference_threads}",
+            ),
             (self.max_devices >= 1, f"max_devices must be >= 1, got {self.max_devices}"),
             (self.idle_ttl > 0, f"idle_ttl must be > 0, got {self.idle_ttl}"),
             (self.max_payload >= 16, f"max_payload must be >= 16, got {self.max_payload}"),

@@ -40,6 +40,7 @@ def test_flags_beat_environment_beat_toml(tmp_path):
         ([], {}, "hop = [", "not valid TOML"),
         (["--families", "har,video"], {}, "", "video"),
         (["--hop", "0"], {}, "", "hop must be"),
+        ([], {"HARSTREAM_INFERENCE_THREADS": "0"}, "", "inference_threads must be"),
         (["--broker", "http://x"], {}, "", "mqtt://"),
         (["--ca-file", "/nonexistent.pem", "--broker", "mqtts://b"], {}, "", "does not exist"),
         (["--password", "p"], {}, "", "user name"),

@@ -41,9 +41,10 @@ def _register_model(sub: argparse._SubParsersAction) -> None:
             "after warm-up, results brought back to host memory, items/s), and, for the HAR "
             "models, the same network with the same weights in PyTorch eager and ONNX Runtime "
             "(CPU) in the same run, after checking that their outputs match, timed in "
-            "interleaved rounds. Each peer runs at 1 thread and at one thread per core "
-            "(--peer-threads); JAX uses XLA's default CPU thread pool. Also reports model "
-            "load time and compile time per batch bucket, using the shipped models."
+            "interleaved rounds. Every runtime, JAX included, runs at 1 thread and at one "
+            "thread per core (--threads; JAX at a count other than this process's runs in "
+            "a child process, as 'harstream serve --inference-threads' would). Also reports "
+            "model load time and compile time per batch bucket, using the shipped models."
         ),
     )
     p.add_argument(
@@ -69,10 +70,10 @@ def _register_model(sub: argparse._SubParsersAction) -> None:
         "--min-calls", type=int, default=30, help="timed calls per runtime at least (default: 30)"
     )
     p.add_argument(
-        "--peer-threads",
+        "--threads",
         type=_int_list,
         default=None,
-        help="thread counts to time each peer at (default: 1 and the number of cores)",
+        help="CPU thread counts to time every runtime at (default: 1 and the number of cores)",
     )
     p.add_argument("--no-peers", action="store_true", help="time harstream only")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the report as JSON to OUT")
@@ -92,8 +93,8 @@ def _run_model(args: argparse.Namespace) -> int:
         min_calls=args.min_calls,
         runtimes=() if args.no_peers else model_bench.peers_mod.RUNTIMES,
     )
-    if args.peer_threads:
-        config.peer_threads = args.peer_threads
+    if args.threads:
+        config.threads = args.threads
     try:
         run = model_bench.run(config, log=_progress)
     except PeerMismatchError as exc:
@@ -155,7 +156,10 @@ def _register_e2e(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--qos", type=int, choices=(0, 1), default=1, help="publish QoS (default: 1)")
     p.add_argument(
-        "--hop", type=int, default=20, help="the service's hop, to count windows (default: 20)"
+        "--hop",
+        type=int,
+        default=20,
+        help="the services' hop: samples between windows (default: 20)",
     )
     p.add_argument(
         "--drain",
@@ -183,6 +187,12 @@ def _register_e2e(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=2.0,
         help="the service's batching wait in ms (default: 2)",
+    )
+    p.add_argument(
+        "--inference-threads",
+        type=int,
+        default=None,
+        help="the services' JAX CPU threads (default: theirs, one per core)",
     )
     p.add_argument("--model", type=Path, help="HAR checkpoint to serve (default: the shipped one)")
     p.add_argument(
@@ -228,6 +238,7 @@ def _run_e2e(args: argparse.Namespace) -> int:
             naive=not args.no_naive,
             max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms,
+            inference_threads=args.inference_threads,
             model=args.model,
             sweep=args.sweep,
             bound_ms=args.bound_ms,

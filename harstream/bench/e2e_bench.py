@@ -60,6 +60,7 @@ class E2EConfig:
     naive: bool = True
     max_batch: int = 128
     max_wait_ms: float = 2.0
+    inference_threads: int | None = None
     model: Path | None = None
     sweep: bool = False
     bound_ms: float = 50.0
@@ -77,6 +78,11 @@ class E2EConfig:
             (self.sweep_factor > 1, "the sweep factor must be > 1"),
             (self.bound_ms > 0, "the latency bound must be > 0"),
             (self.warmup_s >= 0, "the warm-up must be >= 0 seconds"),
+            (1 <= self.hop <= 80, "hop must be 1-80"),
+            (
+                self.inference_threads is None or self.inference_threads >= 1,
+                "inference threads must be >= 1",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -313,7 +319,9 @@ def run(
     """The whole e2e benchmark (single N, or ``--sweep``), batched then naive."""
     with tempfile.TemporaryDirectory(prefix="harstream-bench-e2e-") as tmp:
         workdir = Path(tmp)
-        model_args = _model_args(config, workdir)
+        common_args = ["--hop", str(config.hop), *_model_args(config, workdir)]
+        if config.inference_threads is not None:
+            common_args += ["--inference-threads", str(config.inference_threads)]
         with bench_broker(broker) as (bcfg, kind):
             log_line(f"broker: {kind} at {bcfg.url}")
             batched_args = [
@@ -327,7 +335,7 @@ def run(
                 bcfg,
                 config.prefix,
                 "batched",
-                batched_args + model_args,
+                batched_args + common_args,
                 config.service,
                 workdir,
                 log_line,
@@ -340,7 +348,7 @@ def run(
                     bcfg,
                     f"{config.prefix}-naive",
                     "naive",
-                    naive_args + model_args,
+                    naive_args + common_args,
                     True,
                     workdir,
                     log_line,
@@ -440,6 +448,7 @@ def _report(
         "hop": config.hop,
         "max_batch": config.max_batch,
         "max_wait_ms": config.max_wait_ms,
+        "inference_threads": config.inference_threads,
         "bound_ms": config.bound_ms,
         "warmup_s": config.warmup_s,
         "cpu_count": os.cpu_count(),

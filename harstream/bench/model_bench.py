@@ -4,6 +4,9 @@ For each family the jit-compiled ``Predictor`` (exactly what the service calls) 
 per batch size; for the HAR architectures the same network with the same weights runs
 in PyTorch eager and ONNX Runtime in the same run, after an agreement check, timed in
 interleaved rounds with the JAX predictor so that outside load hits all of them alike.
+Every runtime is timed at each thread count of ``threads`` (1 and one per core by
+default): JAX at a count other than this process's runs in a child process
+(:mod:`harstream.bench.jax_process`), as ``harstream serve --inference-threads`` would.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from typing import Any
 import numpy as np
 
 from harstream.bench import peers as peers_mod
-from harstream.bench.timing import Timing, time_interleaved
+from harstream.bench.jax_process import JaxProcess
+from harstream.bench.timing import CallRunner, Runner, Timing, time_interleaved
+from models.runtime import default_cpu_threads
 
 BATCHES = (1, 8, 64, 256)
 FAMILIES = ("har-cnn", "har-lstm", "text", "series")
@@ -37,10 +42,10 @@ RANDOM_HAR_META = {
 }
 
 
-def default_peer_threads() -> tuple[int, ...]:
-    """1 thread and all cores: on a shared machine, multi-threaded peers can collapse when
-    another process holds a core, so each peer is timed at both and neither is favoured."""
-    cores = os.cpu_count() or 1
+def default_threads() -> tuple[int, ...]:
+    """1 thread and all cores: on a shared machine, a multi-threaded runtime can collapse when
+    another process holds a core, so each is timed at both and neither is favoured."""
+    cores = default_cpu_threads()
     return (1,) if cores == 1 else (1, cores)
 
 
@@ -54,7 +59,7 @@ class ModelBenchConfig:
     min_calls: int = 30
     warmup: int = 5
     rounds: int = 4
-    peer_threads: tuple[int, ...] = field(default_factory=default_peer_threads)
+    threads: tuple[int, ...] = field(default_factory=default_threads)
     runtimes: tuple[str, ...] = peers_mod.RUNTIMES
     seed: int = 0
 
@@ -67,8 +72,8 @@ class ModelBenchRun:
     timings: dict[tuple[str, str, int], Timing]
 
 
-def load_family(family: str, max_batch: int, workdir: Path) -> tuple[Any, str, float]:
-    """``(predictor, weights, seconds to load and compile)`` for a family name.
+def load_family(family: str, max_batch: int, workdir: Path) -> tuple[Any, Path, str, float]:
+    """``(predictor, checkpoint, weights, seconds to load and compile)`` for a family name.
 
     Every family uses its shipped model. A HAR model missing from the installation is
     replaced by random weights (per-call time does not depend on the weight values); a
@@ -88,7 +93,7 @@ def load_family(family: str, max_batch: int, workdir: Path) -> tuple[Any, str, f
         predictor = load_predictor(path, max_batch=max_batch)
     except ModuleNotFoundError as exc:
         raise LookupError(f"the {family} family is not available here ({exc})") from None
-    return predictor, weights, time.perf_counter() - start
+    return predictor, path, weights, time.perf_counter() - start
 
 
 def random_har_checkpoint(arch: str, path: Path, seed: int = 1) -> Path:
@@ -129,7 +134,9 @@ def run(config: ModelBenchConfig, log=print) -> ModelBenchRun:
         for family in config.families:
             log(f"{family}: loading and compiling buckets up to {max(config.batches)} ...")
             try:
-                predictor, weights, ready_s = load_family(family, max(config.batches), Path(tmp))
+                predictor, path, weights, ready_s = load_family(
+                    family, max(config.batches), Path(tmp)
+                )
             except LookupError as exc:
                 skipped[family] = str(exc)
                 log(f"{family}: skipped ({exc})")
@@ -149,32 +156,36 @@ def run(config: ModelBenchConfig, log=print) -> ModelBenchRun:
             )
             family_peers: list[peers_mod.Peer] = []
             if predictor.meta.get("arch") in peers_mod.PEER_ARCHS:
-                family_peers = peers_mod.build_peers(
-                    predictor, config.peer_threads, config.runtimes
-                )
+                family_peers = peers_mod.build_peers(predictor, config.threads, config.runtimes)
+            jax_runners, children = jax_runtimes(predictor, path, config.threads)
+            try:
                 diffs = peers_mod.check_peers(predictor, family_peers, config.seed)
-                models[-1]["peer_max_abs_diff"] = {k: float(f"{v:.3g}") for k, v in diffs.items()}
-                worst = max(diffs.values(), default=0.0)
-                log(f"{family}: peers agree with harstream (max abs diff {worst:.2g})")
-            for batch in config.batches:
-                x = sample_input(predictor, batch, rng)
-                calls = {"jax": predictor.predict_valid}
-                calls.update({p.key: p.call for p in family_peers})
-                before = {p.key: p.before for p in family_peers if p.before is not None}
-                measured = time_interleaved(
-                    calls,
-                    x,
-                    seconds=config.seconds,
-                    min_calls=config.min_calls,
-                    warmup=config.warmup,
-                    rounds=config.rounds,
-                    before=before,
-                )
-                rows = _rows(family, batch, measured, family_peers)
-                results += rows
-                for key, timing in measured.items():
-                    timings[(family, key, batch)] = timing
-                log(_format_rows(rows))
+                diffs.update(check_jax_children(predictor, children, config.seed))
+                if diffs:
+                    models[-1]["peer_max_abs_diff"] = {
+                        k: float(f"{v:.3g}") for k, v in diffs.items()
+                    }
+                    log(f"{family}: runtimes agree (max abs diff {max(diffs.values()):.2g})")
+                runners: dict[str, Runner] = dict(jax_runners)
+                runners.update({p.key: CallRunner(p.call, p.before) for p in family_peers})
+                for batch in config.batches:
+                    x = sample_input(predictor, batch, rng)
+                    measured = time_interleaved(
+                        runners,
+                        x,
+                        seconds=config.seconds,
+                        min_calls=config.min_calls,
+                        warmup=config.warmup,
+                        rounds=config.rounds,
+                    )
+                    rows = _rows(family, batch, measured, family_peers)
+                    results += rows
+                    for key, timing in measured.items():
+                        timings[(family, key, batch)] = timing
+                    log(_format_rows(rows))
+            finally:
+                for child in children:
+                    child.close()
     report = {
         "results": results,
         "ratios": peer_ratios(results),
@@ -185,16 +196,62 @@ def run(config: ModelBenchConfig, log=print) -> ModelBenchRun:
     return ModelBenchRun(report=report, timings=timings)
 
 
+def jax_key(threads: int) -> str:
+    return f"jax/{threads}t"
+
+
+def jax_runtimes(
+    predictor: Any, checkpoint: Path, threads: tuple[int, ...]
+) -> tuple[dict[str, Runner], list[JaxProcess]]:
+    """A runner per JAX thread count: ``predictor`` itself for this process's count, a
+    child process (the same checkpoint) for any other; the children must be closed."""
+    here = default_cpu_threads()
+    runners: dict[str, Runner] = {}
+    children: list[JaxProcess] = []
+    try:
+        for n in dict.fromkeys(threads):
+            if n == here:
+                runners[jax_key(n)] = CallRunner(predictor.predict_valid)
+            else:
+                children.append(JaxProcess(checkpoint, n, predictor.max_batch))
+                runners[jax_key(n)] = children[-1]
+    except BaseException:
+        for child in children:
+            child.close()
+        raise
+    return runners, children
+
+
+def check_jax_children(
+    predictor: Any, children: list[JaxProcess], seed: int = 0
+) -> dict[str, float]:
+    """The same model at another thread count must compute the same outputs."""
+    rng = np.random.default_rng(seed)
+    x = sample_input(predictor, 16, rng)
+    reference = predictor.predict(x)
+    return {
+        jax_key(c.threads): peers_mod.check_agreement(reference, c.predict(x), jax_key(c.threads))
+        for c in children
+    }
+
+
 def _rows(
     family: str, batch: int, measured: dict[str, Timing], peers: list[peers_mod.Peer]
 ) -> list[dict[str, Any]]:
-    jax_row = {"family": family, "runtime": "jax", "batch": batch, "threads": "xla-default"}
-    jax_row.update(measured["jax"].summary())
-    rows = [jax_row]
+    rows, jax_p50 = [], {}
+    for key, timing in measured.items():
+        if key.startswith("jax/"):
+            threads = int(key[4:-1])
+            row = {"family": family, "runtime": "jax", "batch": batch, "threads": threads}
+            row.update(timing.summary())
+            jax_p50[threads] = row["p50_ms"]
+            rows.append(row)
     for peer in peers:
         row = {"family": family, "runtime": peer.runtime, "batch": batch, "threads": peer.threads}
         row.update(measured[peer.key].summary())
-        row["p50_ratio_vs_jax"] = round(row["p50_ms"] / jax_row["p50_ms"], 3)
+        # like for like: JAX at the same thread count when it was timed, else its best
+        jax = jax_p50.get(peer.threads, min(jax_p50.values()))
+        row["p50_ratio_vs_jax"] = round(row["p50_ms"] / jax, 3)
         rows.append(row)
     return rows
 
@@ -212,7 +269,7 @@ def _settings(config: ModelBenchConfig) -> dict[str, Any]:
         "min_calls": config.min_calls,
         "warmup_calls": config.warmup,
         "interleaved_rounds": config.rounds,
-        "peer_threads": list(config.peer_threads),
+        "threads": list(config.threads),
         "cpu_count": os.cpu_count(),
         "machine": f"{platform.system()} {platform.machine()} {platform.processor()}".strip(),
         "versions": versions,
@@ -229,26 +286,28 @@ def _format_rows(rows: list[dict[str, Any]]) -> str:
 
 
 def peer_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per family, batch and peer runtime: its best thread setting against JAX.
+    """Per family, batch and peer runtime: its best thread setting against JAX's best.
 
     ``p50_ratio`` is peer p50 / JAX p50 (above 1: harstream is faster per call);
     ``throughput_ratio`` is peer items/s / JAX items/s (below 1: harstream does more).
     """
-    jax_rows = {(r["family"], r["batch"]): r for r in results if r["runtime"] == "jax"}
     best: dict[tuple[str, int, str], dict[str, Any]] = {}
     for r in results:
         key = (r["family"], r["batch"], r["runtime"])
-        if r["runtime"] != "jax" and (key not in best or r["p50_ms"] < best[key]["p50_ms"]):
+        if key not in best or r["p50_ms"] < best[key]["p50_ms"]:
             best[key] = r
     out = []
     for (family, batch, runtime), r in best.items():
-        j = jax_rows[(family, batch)]
+        if runtime == "jax":
+            continue
+        j = best[(family, batch, "jax")]
         out.append(
             {
                 "family": family,
                 "batch": batch,
                 "runtime": runtime,
                 "threads": r["threads"],
+                "jax_threads": j["threads"],
                 "jax_p50_ms": j["p50_ms"],
                 "peer_p50_ms": r["p50_ms"],
                 "p50_ratio": round(r["p50_ms"] / j["p50_ms"], 3),
@@ -269,10 +328,11 @@ def format_report(report: dict[str, Any]) -> str:
         )
     lines += ["", "per call (results on host):", _format_rows(report["results"])]
     if report["ratios"]:
-        lines += ["", "peers at their best thread setting (ratio = peer / harstream):"]
+        lines += ["", "each runtime at its best thread setting (ratio = peer / harstream):"]
         lines += [
             f"  {r['family']:<8} batch={r['batch']:<4} {r['runtime']:<12} threads={r['threads']:<2}"
-            f" p50 {r['peer_p50_ms']:9.3f} ms vs jax {r['jax_p50_ms']:9.3f} ms"
+            f" p50 {r['peer_p50_ms']:9.3f} ms vs jax ({r['jax_threads']}t)"
+            f" {r['jax_p50_ms']:9.3f} ms"
             f"  time x{r['p50_ratio']:.2f}  throughput x{r['throughput_ratio']:.2f}"
             for r in report["ratios"]
         ]

@@ -4,7 +4,9 @@ Every runtime is timed the same way: the callable must return a host (NumPy) arr
 that asynchronous dispatch (JAX) cannot make a call look faster than it is. On a shared
 machine, load from other processes comes and goes; runtimes compared with each other are
 therefore timed in interleaved rounds, so that a burst of outside load hits all of them
-rather than whichever happened to be running.
+rather than whichever happened to be running. A runner in another process (JAX at
+another thread count, which XLA fixes per process) times its own calls the same way and
+sends the seconds back, so that no inter-process traffic is counted.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -57,47 +60,70 @@ def percentiles_ms(seconds: Sequence[float], qs: Sequence[float]) -> dict[str, f
     return {f"p{q:g}": round(float(v), 3) for q, v in zip(qs, values, strict=True)}
 
 
+class Runner(Protocol):
+    """Something to time: warmed up once per input, then timed in slices of calls."""
+
+    def warm(self, x: np.ndarray, calls: int) -> None: ...
+
+    def run(self, x: np.ndarray, calls: int, seconds: float) -> list[float]: ...
+
+
+@dataclass
+class CallRunner:
+    """Times an in-process callable; ``before`` runs at the start of each warm-up and slice
+    (e.g. to apply a thread setting that is process-global, as PyTorch's is)."""
+
+    call: Call
+    before: Callable[[], None] | None = None
+
+    def warm(self, x: np.ndarray, calls: int) -> None:
+        """Up to ``calls`` untimed calls (at least one; fewer when they take over
+        ``WARMUP_CAP_S``: a slow configuration is warm after its first calls)."""
+        if self.before is not None:
+            self.before()
+        warm_until = time.perf_counter() + WARMUP_CAP_S
+        for i in range(max(1, calls)):
+            if i and time.perf_counter() > warm_until:
+                break
+            self.call(x)
+
+    def run(self, x: np.ndarray, calls: int, seconds: float) -> list[float]:
+        """Seconds of each call, for at least ``calls`` calls and ``seconds`` in total."""
+        if self.before is not None:
+            self.before()
+        out: list[float] = []
+        spent = 0.0
+        while len(out) < calls or spent < seconds:
+            start = time.perf_counter()
+            self.call(x)
+            elapsed = time.perf_counter() - start
+            out.append(elapsed)
+            spent += elapsed
+        return out
+
+
 def time_interleaved(
-    calls: Mapping[str, Call],
+    runners: Mapping[str, Runner],
     x: np.ndarray,
     *,
     seconds: float,
     min_calls: int = 20,
     warmup: int = 3,
     rounds: int = 4,
-    before: Mapping[str, Callable[[], None]] | None = None,
 ) -> dict[str, Timing]:
-    """Time each callable on ``x`` for about ``seconds`` in total, in ``rounds`` alternating slices.
+    """Time each runner on ``x`` for about ``seconds`` in total, in ``rounds`` alternating slices.
 
-    Each callable gets ``warmup`` untimed calls first (fewer, but at least one, when they
-    take over ``WARMUP_CAP_S``), then at least ``min_calls`` timed calls overall.
-    ``before[name]``, when given, runs at the start of each of that callable's slices (e.g.
-    to apply its thread setting, which is process-global in PyTorch).
+    Each runner gets ``warmup`` untimed calls first, then at least ``min_calls`` timed
+    calls overall, spread over the rounds.
     """
     if seconds <= 0 or min_calls < 1 or rounds < 1:
         raise ValueError("seconds must be > 0, min_calls and rounds >= 1")
-    before = before or {}
-    timings = {name: Timing(batch=int(x.shape[0])) for name in calls}
-    for name, fn in calls.items():
-        if name in before:
-            before[name]()
-        warm_until = time.perf_counter() + WARMUP_CAP_S
-        for i in range(warmup):
-            if i and time.perf_counter() > warm_until:
-                break  # a slow configuration is warm after its first calls
-            fn(x)
-    slice_seconds = seconds / (rounds * len(calls))
+    timings = {name: Timing(batch=int(x.shape[0])) for name in runners}
+    for runner in runners.values():
+        runner.warm(x, warmup)
+    slice_seconds = seconds / (rounds * len(runners))
     slice_calls = -(-min_calls // rounds)
     for _ in range(rounds):
-        for name, fn in calls.items():
-            if name in before:
-                before[name]()
-            spent, n = 0.0, 0
-            while n < slice_calls or spent < slice_seconds:
-                start = time.perf_counter()
-                fn(x)
-                elapsed = time.perf_counter() - start
-                timings[name].seconds.append(elapsed)
-                spent += elapsed
-                n += 1
+        for name, runner in runners.items():
+            timings[name].seconds += runner.run(x, slice_calls, slice_seconds)
     return timings

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from harstream.bench import peers as peers_mod
-from harstream.bench.model_bench import RANDOM_HAR_META, default_peer_threads
+from harstream.bench.model_bench import RANDOM_HAR_META, default_threads
 
 ARCHS = ("har-cnn", "har-lstm")
 LEARNING_RATE = 1e-3
@@ -33,7 +33,7 @@ class TrainBenchConfig:
     batch: int = 400
     steps: int = 20
     epochs: int = 3
-    torch_threads: tuple[int, ...] = field(default_factory=default_peer_threads)
+    torch_threads: tuple[int, ...] = field(default_factory=default_threads)
     with_torch: bool = True
     seed: int = 0
 
