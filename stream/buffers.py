@@ -2,8 +2,9 @@
 
 :class:`WindowBuffer` turns a device's readings into model windows (80 x 3 at 20 Hz for
 HAR). It runs on the MQTT thread for every message, so it does plain float arithmetic
-on small Python lists and writes rows into one preallocated array; the only allocation per
-window is the copy handed to the inference worker.
+on small Python lists and writes rows into one preallocated array (whole blocks at once
+when no resampling is needed); the only allocation per window is the copy handed to the
+inference worker.
 
 Time handling, per device:
 
@@ -94,21 +95,43 @@ class WindowBuffer:
 
     def push(self, value: Samples, wall: float, mono: float) -> int:
         """Add one message's readings; returns how many were accepted."""
+        xyz = np.asarray(value.xyz)
         timed = value.times is not None
         if self._timed is not None and timed != self._timed:
             self._restart()
         self._timed = timed
         if timed:
-            return self._resample(value.times, value.xyz, None, mono, check_gaps=True)
+            times = np.asarray(value.times, np.float64)
+            if self._on_grid(times):
+                self._extend(xyz, times, mono)
+                self._k += len(times)
+                self._prev_t, self._prev = float(times[-1]), xyz[-1].tolist()
+                return len(times)
+            return self._resample(times.tolist(), xyz.tolist(), None, mono, check_gaps=True)
         if value.rate_hz == self._rate:
             self._prev_t = None  # readings are on the grid already: nothing to interpolate
-            for row in value.xyz:
-                self._append(row, wall, mono)
-            return len(value.xyz)
+            self._extend(xyz, wall, mono)
+            return len(xyz)
         base = 0.0 if self._prev_t is None else self._prev_t
         step = 1.0 / value.rate_hz
-        times = [base + (i + 1) * step for i in range(len(value.xyz))]
-        return self._resample(times, value.xyz, wall, mono, check_gaps=False)
+        times = [base + (i + 1) * step for i in range(len(xyz))]
+        return self._resample(times, xyz.tolist(), wall, mono, check_gaps=False)
+
+    def _on_grid(self, times: np.ndarray) -> bool:
+        """Whether every reading falls on the next grid points, nothing pending in between:
+        then resampling is the identity and the block is copied as it is (the common case
+        of a device at the model's rate with exact timestamps, one or many per message)."""
+        if self._bin_n or self._dt > self._max_gap:
+            return False
+        if self._prev_t is None:  # a device's first reading anchors its grid
+            self._anchor, self._k = float(times[0]), 0
+        first = self._anchor + self._k * self._dt
+        if abs(times[0] - first) > SNAP_TOLERANCE_S:
+            return False
+        if len(times) == 1:
+            return True
+        grid = first + np.arange(len(times)) * self._dt
+        return bool(np.abs(times - grid).max() <= SNAP_TOLERANCE_S)
 
     def _restart(self) -> None:
         if self._n:
@@ -168,19 +191,38 @@ class WindowBuffer:
         return accepted
 
     def _append(self, row: list[float], stamp: float, mono: float) -> None:
+        self._x[self._n] = row
+        self._stamps[self._n] = stamp
+        self._n += 1
+        if self._n == self._window:
+            self._emit(mono)
+
+    def _extend(self, rows: np.ndarray, stamps: np.ndarray | float, mono: float) -> None:
+        """Append a block of rows (``stamps``: one per row, or one for all), emitting every
+        window it completes."""
+        done, total = 0, len(rows)
+        while done < total:
+            n = self._n
+            take = min(total - done, self._window - n)
+            self._x[n : n + take] = rows[done : done + take]
+            self._stamps[n : n + take] = (
+                stamps if isinstance(stamps, float) else stamps[done : done + take]
+            )
+            self._n = n + take
+            done += take
+            if self._n == self._window:
+                self._emit(mono)
+
+    def _emit(self, mono: float) -> None:
+        """Hand the full window to the sink, then keep its last ``window - hop`` rows."""
         n = self._n
-        self._x[n] = row
-        self._stamps[n] = stamp
-        n += 1
-        if n == self._window:
-            self._seq += 1
-            info = (float(self._stamps[0]), float(self._stamps[n - 1]), self._seq)
-            self._sink.emit(self._x.copy(), info, mono)
-            keep = n - self._hop
-            self._x[:keep] = self._x[self._hop :]
-            self._stamps[:keep] = self._stamps[self._hop :]
-            n = keep
-        self._n = n
+        self._seq += 1
+        info = (float(self._stamps[0]), float(self._stamps[n - 1]), self._seq)
+        self._sink.emit(self._x.copy(), info, mono)
+        keep = n - self._hop
+        self._x[:keep] = self._x[self._hop :]
+        self._stamps[:keep] = self._stamps[self._hop :]
+        self._n = keep
 
 
 class BufferTable:

@@ -37,10 +37,11 @@ _AXES = ("x", "y", "z")
 
 
 class Samples(NamedTuple):
-    """Decoded readings: ``xyz`` rows, per-row unix ``times`` (None when untimed), the rate."""
+    """Decoded readings: ``xyz`` an ``(n, 3)`` array, per-row unix ``times`` (a float64 array,
+    None when untimed), the rate. Arrays, so that buffers can copy whole blocks."""
 
-    xyz: list[list[float]]
-    times: list[float] | None
+    xyz: np.ndarray
+    times: np.ndarray | None
     rate_hz: float
 
 
@@ -117,8 +118,8 @@ def _decode_single(doc: dict[str, Any]) -> Samples:
         )
     row = [number(doc[a], a) for a in _AXES]
     t = doc.get("t")
-    times = None if t is None else [number(t, "t")]
-    return Samples([row], times, DEFAULT_RATE_HZ)
+    times = None if t is None else np.array([number(t, "t")])
+    return Samples(np.array([row]), times, DEFAULT_RATE_HZ)
 
 
 def _decode_batch(rows: Any, rate_hz: Any, t0: Any) -> Samples:
@@ -149,12 +150,11 @@ def _decode_batch(rows: Any, rate_hz: Any, t0: Any) -> Samples:
     if arr.shape[1] == 4:
         if t0 is not None:
             raise PayloadError("wrong_type", "give t0 or per-row times [t, x, y, z], not both")
-        return Samples(arr[:, 1:].tolist(), arr[:, 0].astype(np.float64).tolist(), rate)
+        return Samples(arr[:, 1:], arr[:, 0].astype(np.float64), rate)
     times = None
     if t0 is not None:
-        start = number(t0, "t0")
-        times = (start + np.arange(arr.shape[0]) / rate).tolist()
-    return Samples(arr.tolist(), times, rate)
+        times = number(t0, "t0") + np.arange(arr.shape[0]) / rate
+    return Samples(arr, times, rate)
 
 
 def _rate(value: Any) -> float:
@@ -184,8 +184,8 @@ def _decode_binary(payload: bytes) -> Samples:
     if not math.isnan(t0):
         if not math.isfinite(t0):
             raise PayloadError("binary_garbage", f"binary header has an invalid t0 {t0}")
-        times = (t0 + np.arange(arr.shape[0]) / rate).tolist()
-    return Samples(arr.tolist(), times, float(rate))
+        times = t0 + np.arange(arr.shape[0]) / rate
+    return Samples(arr, times, float(rate))
 
 
 def encode_json(doc: Any) -> bytes:

@@ -56,6 +56,30 @@ def test_exact_20hz_timestamps_pass_through_unchanged():
     np.testing.assert_array_equal(x[:, 0], np.arange(80))
 
 
+def _windows(messages) -> list[tuple[list, tuple]]:
+    sink = Sink()
+    buf = WindowBuffer(sink, hop=20)
+    for values, times in messages:
+        buf.push(timed(values, times), 0.0, 0.0)
+    return [(x.tolist(), info) for x, info in sink.windows]
+
+
+def test_block_copy_and_per_reading_resampling_give_the_same_windows():
+    # 20 Hz readings, one jittered by 10 ms (resampled) mid-stream, then on the grid again:
+    # sent 20 per message (blocks copied whole where they can be) or one by one
+    times = T0 + np.arange(400) / 20
+    times[130] += 0.010
+    values = np.arange(400.0)
+    blocks = [(values[i : i + 20], times[i : i + 20]) for i in range(0, 400, 20)]
+    singles = [(values[i : i + 1], times[i : i + 1]) for i in range(400)]
+    by_block, by_reading = _windows(blocks), _windows(singles)
+    assert len(by_block) == 17 and by_block == by_reading
+    jittered = [row[0] for row in by_block[3][0][69:72]]  # window 4: readings 60-139
+    # grid point 130 interpolated 50 of 60 ms from reading 129 to 130; point 131 averages
+    # the two readings of its interval (130 and 131)
+    assert jittered == pytest.approx([129.0, 129.0 + 5 / 6, 130.5], abs=1e-4)
+
+
 @pytest.mark.parametrize("rate", [50.0, 100.0, 12.5, 19.0, 21.0])
 def test_other_rates_are_resampled_to_20hz(rate):
     sink = Sink()

@@ -13,16 +13,17 @@ from stream.routes import PayloadError
 
 
 def test_single_sample_with_and_without_time():
-    assert decode_accel(b'{"x": 1, "y": 2.5, "z": -3}').xyz == [[1.0, 2.5, -3.0]]
+    assert decode_accel(b'{"x": 1, "y": 2.5, "z": -3}').xyz.tolist() == [[1.0, 2.5, -3.0]]
     s = decode_accel(b'{"x": 1, "y": 2, "z": 3, "t": 1700000000.25}')
-    assert s.times == [1700000000.25] and s.rate_hz == 20.0
+    assert s.times.tolist() == [1700000000.25] and s.rate_hz == 20.0
 
 
 def test_batches_with_rate_t0_and_per_row_times():
     s = decode_accel(b'{"samples": [[1, 2, 3], [4, 5, 6]], "rate_hz": 50, "t0": 100}')
-    assert s.xyz == [[1, 2, 3], [4, 5, 6]] and s.times == [100.0, 100.02] and s.rate_hz == 50
+    assert s.xyz.tolist() == [[1, 2, 3], [4, 5, 6]] and s.rate_hz == 50
+    assert s.times.tolist() == [100.0, 100.02]
     s = decode_accel(b"[[10.0, 1, 2, 3], [10.05, 4, 5, 6]]")
-    assert s.times == [10.0, 10.05] and s.xyz == [[1, 2, 3], [4, 5, 6]]
+    assert s.times.tolist() == [10.0, 10.05] and s.xyz.tolist() == [[1, 2, 3], [4, 5, 6]]
     assert decode_accel(b'{"samples": [[1, 2, 3]]}').times is None
 
 
