@@ -36,16 +36,16 @@ def backend_started() -> bool:
 def set_cpu_threads(n: int) -> bool:
     """Start JAX's CPU backend with ``n`` compute threads; returns whether it took effect.
 
-    It does not (returns False, with a log line saying why) when the backend has already
-    started, or on platforms without CPU affinity (macOS, Windows).
+    It does not (returns False) when the backend has already started, or on platforms
+    without CPU affinity (macOS, Windows).
     """
     if n < 1:
         raise ValueError(f"threads must be >= 1, got {n}")
     if not hasattr(os, "sched_setaffinity"):
-        log.warning("event=threads_unsupported: this platform cannot set JAX's CPU threads")
+        log.info("event=threads_unsupported: this platform cannot set JAX's CPU threads")
         return False
     if backend_started():
-        log.warning("event=threads_too_late: JAX's backend already started; threads unchanged")
+        log.debug("event=threads_too_late: JAX's backend already started; threads unchanged")
         return False
     cores = sorted(os.sched_getaffinity(0))
     existing = set(os.listdir("/proc/self/task"))
@@ -62,6 +62,14 @@ def set_cpu_threads(n: int) -> bool:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(int(tid), cores)
     return True
+
+
+def default_inference_threads() -> int:
+    """The service's default: half the cores (at least 1), the rest left to the MQTT thread,
+    the broker and the devices' side. On 2 cores this measured better than XLA's default of
+    one per core (README: Performance): a one-thread call costs about half the CPU at batch
+    1, and a two-thread call stalls whenever the other core is busy."""
+    return max(1, default_cpu_threads() // 2)
 
 
 def default_cpu_threads() -> int:

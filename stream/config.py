@@ -179,14 +179,21 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "SECONDS",
     ),
     Option("max_batch", "int", 128, "largest inference batch (power-of-two buckets)", "N"),
-    Option("max_wait_ms", "float", 2.0, "how long a forming batch waits for more windows", "MS"),
+    Option(
+        "max_wait_ms",
+        "float",
+        0.0,
+        "how long a forming batch waits for more windows (0: run what is queued; batches "
+        "grow by themselves under load)",
+        "MS",
+    ),
     Option("queue_size", "int", 4096, "ready windows waiting for inference (oldest dropped)", "N"),
     Option(
         "inference_threads",
         "int",
         None,
-        "CPU threads JAX computes with (default: one per core); 1 costs the least CPU per "
-        "small batch and leaves cores to the broker on a small machine",
+        "CPU threads JAX computes with (default: half the cores, at least 1, leaving the "
+        "rest to the MQTT thread and the broker)",
         "N",
     ),
     Option("max_devices", "int", 10000, "live device buffers per family (LRU evicted)", "N"),
@@ -222,7 +229,7 @@ class ServeConfig:
     hop: int = 20
     max_gap: float = 1.0
     max_batch: int = 128
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0
     queue_size: int = 4096
     inference_threads: int | None = None
     max_devices: int = 10000

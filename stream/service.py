@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 
-from models.runtime import set_cpu_threads
+from models.runtime import default_inference_threads, set_cpu_threads
 from stream import contract
 from stream.broker import EmbeddedBroker, is_listening
 from stream.buffers import BufferTable
@@ -129,8 +129,9 @@ class Service:
 
     def start(self) -> Service:
         """Load models, connect, subscribe; returns once subscribed (or raises)."""
-        if self.config.inference_threads is not None:
-            set_cpu_threads(self.config.inference_threads)  # logs why when it cannot
+        threads = self.config.inference_threads
+        if not set_cpu_threads(threads or default_inference_threads()) and threads:
+            log.warning("event=inference_threads_unchanged threads=%d: JAX had started", threads)
         routes = self._routes or build_routes(self.config, self._predictors)
         cfg = self.broker_config
         if not cfg.explicit and not is_listening(cfg.host, cfg.port):

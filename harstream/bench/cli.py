@@ -185,14 +185,14 @@ def _register_e2e(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-wait-ms",
         type=float,
-        default=2.0,
-        help="the service's batching wait in ms (default: 2)",
+        default=0.0,
+        help="the service's batching wait in ms (default: 0, the service's default)",
     )
     p.add_argument(
         "--inference-threads",
         type=int,
         default=None,
-        help="the services' JAX CPU threads (default: theirs, one per core)",
+        help="the services' JAX CPU threads (default: theirs, half the cores)",
     )
     p.add_argument("--model", type=Path, help="HAR checkpoint to serve (default: the shipped one)")
     p.add_argument(

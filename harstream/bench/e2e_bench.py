@@ -35,6 +35,7 @@ import numpy as np
 
 from harstream.bench.loadgen import LoadResult, LoadSpec, run_load, split_devices
 from harstream.bench.timing import percentiles_ms
+from models.runtime import default_inference_threads
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class E2EConfig:
     service: bool = True
     naive: bool = True
     max_batch: int = 128
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0
     inference_threads: int | None = None
     model: Path | None = None
     sweep: bool = False
@@ -448,7 +449,7 @@ def _report(
         "hop": config.hop,
         "max_batch": config.max_batch,
         "max_wait_ms": config.max_wait_ms,
-        "inference_threads": config.inference_threads,
+        "inference_threads": config.inference_threads or default_inference_threads(),
         "bound_ms": config.bound_ms,
         "warmup_s": config.warmup_s,
         "cpu_count": os.cpu_count(),
