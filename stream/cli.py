@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import sys
 from collections.abc import Mapping
 
 from stream.config import (
@@ -20,6 +21,8 @@ from stream.config import (
 from stream.connection import BROKER_OPTIONS, add_broker_arguments, broker_config, default_client_id
 
 log = logging.getLogger("stream.serve")
+
+GIL_SWITCH_S = 0.0005  # sys.setswitchinterval for the service process (see run)
 
 DESCRIPTION = """\
 Serve activity recognition (and the text and series families) over MQTT.
@@ -103,6 +106,11 @@ def run(args: argparse.Namespace) -> int:
     if config.log_json:
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter())
+    # The MQTT thread and the inference thread take turns on the GIL; a thread that wants
+    # it waits up to the switch interval (CPython's default 5 ms) while the other runs
+    # Python. Under load each window needs several such hand-overs: at 1,759 devices on 2
+    # cores (bench e2e) 0.5 ms cut the service's own median latency from 17 to 4.5 ms.
+    sys.setswitchinterval(GIL_SWITCH_S)
     service = Service(config)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda _signum, _frame: service.request_stop())
