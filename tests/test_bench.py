@@ -61,6 +61,15 @@ def test_bench_model_writes_the_documented_json(tmp_path, capsys):
     assert "har-cnn" in capsys.readouterr().out
 
 
+def test_bench_model_times_a_family_without_peers(tmp_path):
+    out = tmp_path / "model.json"
+    argv = ["bench", "model", "--family", "text", "--batches", "1", "--seconds", "0.05"]
+    assert main([*argv, "--min-calls", "2", "--threads", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [(r["runtime"], r["threads"]) for r in report["results"]] == [("jax", 1)]
+    assert report["ratios"] == []
+
+
 def test_agreement_check_rejects_different_outputs(har_predictor):
     x = np.random.default_rng(0).normal(0, 4, size=(6, 80, 3)).astype(np.float32)
     reference = har_predictor.predict(x)

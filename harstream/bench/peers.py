@@ -124,6 +124,8 @@ def check_agreement(
 
 def check_peers(predictor: Predictor, peers: Sequence[Peer], seed: int = 0) -> dict[str, float]:
     """Run every peer and harstream on the same windows; ``{peer key: max abs difference}``."""
+    if not peers:
+        return {}
     x = np.random.default_rng(seed).normal(0.0, 4.0, size=(16, *predictor.item_shape))
     x = x.astype(np.float32)
     reference = predictor.predict(x)
