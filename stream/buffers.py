@@ -103,6 +103,8 @@ class WindowBuffer:
         if timed:
             times = np.asarray(value.times, np.float64)
             if self._on_grid(times):
+                if self._prev_t is None:  # a device's first reading anchors its grid
+                    self._anchor, self._k = float(times[0]), 0
                 self._extend(xyz, times, mono)
                 self._k += len(times)
                 self._prev_t, self._prev = float(times[-1]), xyz[-1].tolist()
@@ -123,11 +125,12 @@ class WindowBuffer:
         of a device at the model's rate with exact timestamps, one or many per message)."""
         if self._bin_n or self._dt > self._max_gap:
             return False
-        if self._prev_t is None:  # a device's first reading anchors its grid
-            self._anchor, self._k = float(times[0]), 0
-        first = self._anchor + self._k * self._dt
-        if abs(times[0] - first) > SNAP_TOLERANCE_S:
-            return False
+        if self._prev_t is None:
+            first = float(times[0])
+        else:
+            first = self._anchor + self._k * self._dt
+            if abs(times[0] - first) > SNAP_TOLERANCE_S:
+                return False
         if len(times) == 1:
             return True
         grid = first + np.arange(len(times)) * self._dt
@@ -200,14 +203,13 @@ class WindowBuffer:
     def _extend(self, rows: np.ndarray, stamps: np.ndarray | float, mono: float) -> None:
         """Append a block of rows (``stamps``: one per row, or one for all), emitting every
         window it completes."""
+        one_stamp = np.ndim(stamps) == 0
         done, total = 0, len(rows)
         while done < total:
             n = self._n
             take = min(total - done, self._window - n)
             self._x[n : n + take] = rows[done : done + take]
-            self._stamps[n : n + take] = (
-                stamps if isinstance(stamps, float) else stamps[done : done + take]
-            )
+            self._stamps[n : n + take] = stamps if one_stamp else stamps[done : done + take]
             self._n = n + take
             done += take
             if self._n == self._window:
