@@ -33,7 +33,7 @@ class JaxProcess:
         )
         self._proc.start()
         child.close()
-        self._call("ready", timeout=START_TIMEOUT_S)
+        self._reply(timeout=START_TIMEOUT_S)  # the child's "ready"
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The child predictor's outputs for ``x`` (for the agreement check)."""
@@ -62,9 +62,11 @@ class JaxProcess:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, op: str, *args: Any, timeout: float | None = None) -> Any:
-        if op != "ready":
-            self._conn.send((op, *args))
+    def _call(self, op: str, *args: Any) -> Any:
+        self._conn.send((op, *args))
+        return self._reply()
+
+    def _reply(self, timeout: float | None = None) -> Any:
         if timeout is not None and not self._conn.poll(timeout):
             self.close()
             raise RuntimeError(f"JAX child ({self.threads} threads) did not start in {timeout:g} s")
