@@ -16,7 +16,9 @@ with real devices, window completions are spread over the hop rather than all fa
 the same instant of every second.
 
 Runs in child processes started with ``spawn`` (no JAX here: the service runs elsewhere).
-Publishing and the wire format reuse ``replay.publisher`` and ``stream.connection``.
+Payloads are encoded by ``replay.publisher`` (the format devices use); the MQTT client is
+the lean :mod:`harstream.bench.mqtt_wire`, so that the generator leaves the cores to the
+broker and the service it measures.
 """
 
 from __future__ import annotations
@@ -156,9 +158,10 @@ def _process_main(spec: LoadSpec, pipe: Any) -> None:
 class _Generator:
     """The schedule, the publishing loop and the prediction bookkeeping of one process.
 
-    Every payload is encoded before the start, so that the timed loop does nothing but
-    wait for each message's due time and hand it to paho. Device clocks start at this
-    process's start-up time (a device's clock offset is its own business in the contract).
+    Every PUBLISH packet is encoded before the start, so that the timed loop does nothing
+    but wait for the next due time and write every packet that is due in one ``sendall``.
+    Device clocks start at this process's start-up time (a device's clock offset is its
+    own business in the contract).
     """
 
     def __init__(self, spec: LoadSpec, pipe: Any) -> None:
@@ -174,15 +177,15 @@ class _Generator:
         rng = np.random.default_rng(zlib.crc32(spec.devices[0].encode()))
         self.readings = rng.normal(0.0, 4.0, size=(4096, 3)).astype(np.float32)
 
-    def on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
-        now = time.perf_counter()
-        if msg.topic.endswith("/errors"):
-            self.error_payloads.append(msg.payload)
+    def on_publish(self, topic_name: str, payload: bytes, received: float) -> None:
+        if topic_name.endswith("/errors"):
+            self.error_payloads.append(payload)
         else:
-            self.received.append((msg.topic, msg.payload, now))
+            self.received.append((topic_name, payload, received))
 
-    def schedule(self) -> list[tuple[float, int, int, str, bytes]]:
-        """``(due seconds after the start, device, column, topic, payload)`` in due order."""
+    def schedule(self) -> list[tuple[float, int, int, bytes]]:
+        """``(due seconds after the start, device, column, PUBLISH packet)`` in due order."""
+        from harstream.bench.mqtt_wire import publish_packet
         from replay.pacing import Chunk
         from replay.publisher import encode_chunk
         from stream.contract import topic
@@ -203,10 +206,13 @@ class _Generator:
                 due = first + (lo + count - 1) / rate
                 events.append((due, j, column, accel, encode_chunk(chunk)))
         events.sort(key=lambda e: e[0])
-        return events
+        return [
+            (due, j, column, publish_packet(accel, payload, spec.qos, i % 65535 + 1))
+            for i, (due, j, column, accel, payload) in enumerate(events)
+        ]
 
     def run(self) -> None:
-        from replay.publisher import close_client, open_client
+        from harstream.bench.mqtt_wire import WireClient
         from stream.contract import topic
 
         spec = self.spec
@@ -214,32 +220,37 @@ class _Generator:
         subscriptions = [
             topic(spec.prefix, d, s) for d in spec.devices for s in ("activity", "errors")
         ]
-        client = open_client(spec.broker, subscriptions=subscriptions, on_message=self.on_message)
+        client = WireClient(spec.broker, self.on_publish)
         try:
+            client.subscribe(subscriptions, spec.qos)
             self.pipe.send(("ready", None))
             start_unix = self.pipe.recv()
             result = self._stream(client, events, start_unix)
         finally:
-            close_client(client)
+            client.close()
         self.pipe.send(("done", result))
 
     def _stream(self, client: Any, events: list, start_unix: float) -> LoadResult:
         spec = self.spec
         start = start_unix + time.perf_counter() - time.time()
         cpu0 = time.process_time()
-        publish, qos, published = client.publish, spec.qos, self.published
+        published = self.published
         perf_counter, sleep = time.perf_counter, time.sleep
-        max_lag, sent = 0.0, 0
-        for due, j, column, accel, payload in events:
-            delay = start + due - perf_counter()
-            if delay > 0:
-                sleep(delay)
-            elif -delay > max_lag:
-                max_lag = -delay
-            published[j, column] = perf_counter()
-            publish(accel, payload, qos)
-            if column:
-                sent += 1
+        max_lag, sent, i = 0.0, 0, 0
+        while i < len(events):
+            now = perf_counter() - start
+            if events[i][0] > now:
+                sleep(events[i][0] - now)
+                continue
+            max_lag = max(max_lag, now - events[i][0])
+            due_now = i
+            while i < len(events) and events[i][0] <= now:
+                i += 1
+            sent_at = perf_counter()
+            client.send(b"".join(packet for _, _, _, packet in events[due_now:i]))
+            for _, j, column, _ in events[due_now:i]:
+                published[j, column] = sent_at
+                sent += column > 0
         last = perf_counter()
         expected = sum(spec.windows(j) for j in range(len(spec.devices)))
         deadline = last + spec.drain_s
