@@ -163,7 +163,7 @@ def test_windows_are_counted_from_prefill_and_live_samples():
 
 
 def test_e2e_summary_marks_loss_and_missed_bound():
-    from harstream.bench.e2e_bench import E2EConfig, summarize
+    from harstream.bench.e2e_bench import E2EConfig, format_point, summarize
     from harstream.bench.loadgen import LoadResult
 
     config = E2EConfig(devices=2, duration_s=1.0, bound_ms=50.0)
@@ -178,3 +178,11 @@ def test_e2e_summary_marks_loss_and_missed_bound():
     assert merged["service_latency_ms"]["p50"] == pytest.approx(0.5)
     empty = summarize(config, 2, [LoadResult(windows_expected=2)], None)
     assert math.isnan(empty["latency_ms"]["p50"]) and not empty["held"]
+    assert format_point("batched", alone, 50.0).endswith("  held")
+    assert format_point("batched", merged, 50.0).endswith(
+        "NOT held: 1 windows lost, p99 above 50 ms"
+    )
+    assert format_point("batched", empty, 50.0).endswith(
+        "NOT held: 2 windows lost, the load generator fell behind its schedule, "
+        "no prediction arrived"
+    )

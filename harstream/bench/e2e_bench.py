@@ -457,12 +457,26 @@ def _report(
     return report
 
 
+def _failures(p: dict[str, Any], bound_ms: float) -> list[str]:
+    """Which of the "held" conditions a point missed, in words."""
+    failures = []
+    if p["windows_lost"]:
+        failures.append(f"{p['windows_lost']} windows lost")
+    if not p["kept_schedule"]:
+        failures.append("the load generator fell behind its schedule")
+    if not p["windows_received"]:
+        failures.append("no prediction arrived")
+    elif not p["latency_ms"]["p99"] <= bound_ms:
+        failures.append(f"p99 above {bound_ms:g} ms")
+    return failures
+
+
 def format_point(name: str, p: dict[str, Any], bound_ms: float) -> str:
     """One human-readable line per measured point."""
     lat = p["latency_ms"]
     cpu = "n/a" if p["service_cpu_percent"] is None else f"{p['service_cpu_percent']:.0f}%"
     cpu += f", generator {p['generator_cpu_percent']:.0f}%" if p["generator_cpu_percent"] else ""
-    verdict = "held" if p["held"] else f"NOT held (bound {bound_ms:g} ms, no loss, on schedule)"
+    verdict = "held" if p["held"] else f"NOT held: {', '.join(_failures(p, bound_ms))}"
     return (
         f"  {name:<8} devices={p['devices']:<6} p50={lat['p50']:.2f} p90={lat['p90']:.2f} "
         f"p99={lat['p99']:.2f} max={lat['max']:.2f} ms (in the service: p50="
