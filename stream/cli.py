@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -120,6 +121,11 @@ def run(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", exc)
         service.stop()
         return 1
+    # Everything loaded so far (JAX, Flax, the compiled models: a few hundred thousand
+    # objects) lives as long as the process. Without this, each full garbage collection
+    # walked all of them: 85-95 ms pauses every few seconds at 2,000 devices (bench e2e),
+    # the service's worst latencies. Frozen objects are never scanned again.
+    gc.freeze()
     service.wait()
     service.stop()
     return 0
