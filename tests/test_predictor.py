@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models import checkpoint, har, har_checkpoint
-from models.predictor import InputError, bucket_sizes
+from models.predictor import InputError, bucket_sizes, call_plan
 from models.registry import load_predictor
 
 
@@ -51,6 +51,26 @@ def test_bucket_sizes():
     assert bucket_sizes(100) == (1, 2, 4, 8, 16, 32, 64, 100)
     with pytest.raises(ValueError):
         bucket_sizes(0)
+
+
+@pytest.mark.parametrize(
+    ("n", "plan"),
+    [
+        (1, [(1, 1)]),
+        (3, [(2, 2), (1, 1)]),  # one padded row of four would be a quarter
+        (7, [(7, 8)]),  # one padded row of eight: an eighth
+        (9, [(8, 8), (1, 1)]),
+        (15, [(15, 16)]),
+        (60, [(60, 64)]),
+        (70, [(64, 64), (4, 4), (2, 2)]),
+        (100, [(100, 100)]),
+        (230, [(100, 100), (100, 100), (30, 32)]),
+    ],
+)
+def test_call_plan_pads_a_little_or_splits(n, plan):
+    buckets = bucket_sizes(100)
+    assert call_plan(n, buckets) == plan
+    assert sum(items for items, _ in plan) == n
 
 
 def test_predict_pads_and_chunks_consistently(small_predictor):
