@@ -119,6 +119,10 @@ completes) under the same load. --broker uses that broker instead; --no-service 
 service already running there (the naive baseline still starts its own, on its own
 topic prefix). --sweep raises the number of devices until p99 passes --bound-ms, windows
 are lost or the load generator falls behind, and reports the largest number that held.
+The publishers speak MQTT 3.1.1 through a lean client of their own (pre-encoded packets,
+so that they leave the CPU to the service): of the broker connection options below,
+--mqtt-version, --keepalive, --max-inflight and --session-expiry apply to the services
+only.
 """
 
 E2E_EPILOG = """\
