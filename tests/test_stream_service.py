@@ -14,11 +14,13 @@ import time
 import urllib.request
 import uuid
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from harstream.bench.mqtt_wire import WireClient
 from stream.broker import EmbeddedBroker, MosquittoBroker, free_port, is_listening, mosquitto_binary
 from stream.codec import encode_binary
 from stream.config import ServeConfig
@@ -453,6 +455,18 @@ def test_tls_with_client_certificates(har_predictor, prefix):
         dev.samples("secure", 0, 80)
         (pred,) = dev.wait_for("secure", 1)
         assert pred["seq"] == 1
+        # the bench's load generator speaks TLS with client certificates too
+        inbox: list[bytes] = []
+        wire_cfg = replace(cfg, client_id=f"wire-{prefix}")
+        wire = WireClient(wire_cfg, lambda _topic, payload, _t: inbox.append(payload))
+        wire.subscribe([f"{prefix}/secure/activity"], 1)
+        dev.samples("secure", 80, 20)
+        dev.wait_for("secure", 2)
+        deadline = time.monotonic() + WAIT
+        while not inbox and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert json.loads(inbox[0])["seq"] == 2
+        wire.close()
         dev.close()
     finally:
         service.stop()
