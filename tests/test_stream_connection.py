@@ -1,4 +1,5 @@
-"""The paho client every harstream tool uses: buffered, draining reads and coalesced writes.
+"""The paho client every harstream tool uses (stream.paho_client): buffered, draining reads
+and coalesced writes.
 
 Bursts large enough that packets straddle the 64 KiB read buffer, and publishes from
 another thread than paho's, must all arrive, in order, acknowledged.
@@ -12,7 +13,8 @@ import time
 import pytest
 
 from harstream.bench.mqtt_wire import WireClient, publish_packet
-from stream.connection import READ_CHUNK, BrokerConfig, connect, make_client
+from stream.connection import BrokerConfig, connect, make_client
+from stream.paho_client import READ_CHUNK
 
 BURST = 3000
 
