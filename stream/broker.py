@@ -67,6 +67,7 @@ class Broker(Protocol):
     host: str
     port: int
     kind: str
+    mqtt_version: str  # the newest protocol version it speaks: "5" or "3.1.1"
 
     def start(self) -> None: ...
 
@@ -77,6 +78,7 @@ class EmbeddedBroker:
     """amqtt running on its own asyncio loop in a daemon thread of this process."""
 
     kind = "amqtt"
+    mqtt_version = "3.1.1"
 
     def __init__(self, host: str = LOOPBACK, port: int = 1883) -> None:
         self.host = host
@@ -155,6 +157,7 @@ class MosquittoBroker:
     """
 
     kind = "mosquitto"
+    mqtt_version = "5"
 
     def __init__(
         self, port: int, host: str = LOOPBACK, binary: str = "mosquitto", extra: str = ""

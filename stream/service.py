@@ -145,8 +145,9 @@ class Service:
             else:
                 self.embedded_broker = EmbeddedBroker(cfg.host, cfg.port)
                 self.embedded_broker.start()
-                if cfg.mqtt_version != "3.1.1":
-                    cfg = self.broker_config = replace(cfg, mqtt_version="3.1.1")
+                version = self.embedded_broker.mqtt_version
+                if cfg.mqtt_version != version:
+                    cfg = self.broker_config = replace(cfg, mqtt_version=version)
                 log.info(
                     "event=embedded_broker url=%s: no broker was listening, started the "
                     "embedded amqtt broker (MQTT 3.1.1); use Mosquitto for production",

@@ -71,7 +71,10 @@ def service(broker, har_predictor):
     from stream.connection import broker_config
     from stream.service import Service
 
-    cfg = broker_config({"broker": broker.url}, default_client_id="replay-test-service")
+    cfg = broker_config(
+        {"broker": broker.url, "mqtt_version": broker.mqtt_version},
+        default_client_id="replay-test-service",
+    )
     config = ServeConfig(broker=cfg, families=["har"], prefix=PREFIX, max_batch=16)
     with Service(config, predictors={"har": har_predictor}) as svc:
         yield svc
@@ -79,7 +82,8 @@ def service(broker, har_predictor):
 
 def replay(broker, *args: str, tmp_path: Path) -> dict:
     out = tmp_path / "report.json"
-    argv = ["replay", *args, "--broker", broker.url, "--prefix", PREFIX, "--quiet"]
+    argv = ["replay", *args, "--broker", broker.url, "--mqtt-version", broker.mqtt_version]
+    argv += ["--prefix", PREFIX, "--quiet"]
     argv += ["--json", str(out), "--wait", "5"]
     assert main(argv) == 0
     return json.loads(out.read_text())
@@ -192,7 +196,8 @@ def test_unreachable_broker_is_reported(tmp_path, capsys) -> None:
 def test_simulate_streams_labelled_devices_and_scores_them(service, broker, tmp_path) -> None:
     out = tmp_path / "sim.json"
     argv = ["simulate", "--devices", "3", "--duration", "5", "-k", "10", "--stagger", "0"]
-    argv += ["--broker", broker.url, "--prefix", PREFIX, "--compare", "--json", str(out)]
+    argv += ["--broker", broker.url, "--mqtt-version", broker.mqtt_version, "--prefix", PREFIX]
+    argv += ["--compare", "--json", str(out)]
     argv += ["--quiet", "--wait", "5", "--jitter-ms", "2", "--clock-drift", "1", "--seed", "4"]
     assert main(argv) == 0
     report = json.loads(out.read_text())

@@ -20,7 +20,9 @@ BURST = 3000
 
 
 def _config(broker, client_id: str) -> BrokerConfig:
-    return BrokerConfig(host=broker.host, port=broker.port, client_id=client_id)
+    return BrokerConfig(
+        host=broker.host, port=broker.port, client_id=client_id, mqtt_version=broker.mqtt_version
+    )
 
 
 def _connected(broker, client_id: str, subscribe: str | None = None):

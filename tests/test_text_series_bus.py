@@ -6,7 +6,7 @@ import math
 import uuid
 
 import pytest
-from test_stream_service import Client, mqtt_version
+from test_stream_service import Client
 
 from models.registry import load_predictor
 from stream.config import ServeConfig
@@ -28,7 +28,7 @@ def bus(broker):
         broker=BrokerConfig(
             host=broker.host,
             port=broker.port,
-            mqtt_version=mqtt_version(broker),
+            mqtt_version=broker.mqtt_version,
             client_id=f"serve-{prefix}",
             explicit=True,
         ),
@@ -37,7 +37,7 @@ def bus(broker):
         max_batch=4,
     )
     service = Service(config, predictors=predictors).start()
-    client = Client(broker.host, broker.port, prefix, mqtt_version(broker))
+    client = Client(broker.host, broker.port, prefix, broker.mqtt_version)
     yield client, service, predictors
     client.close()
     service.stop()
