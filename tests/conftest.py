@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,12 @@ def broker():
     """An isolated MQTT broker on a free 127.0.0.1 port: ``.host``, ``.port``, ``.url``.
 
     Mosquitto (with ``set_tcp_nodelay true``) when the binary is installed, else the
-    embedded amqtt broker. Never the machine's own broker on 1883.
+    embedded amqtt broker; ``HARSTREAM_TEST_BROKER=amqtt`` picks the embedded one anyway,
+    as on a machine without Mosquitto. Never the machine's own broker on 1883.
     """
     from stream.broker import isolated_broker
 
-    with isolated_broker() as running:
+    with isolated_broker(os.environ.get("HARSTREAM_TEST_BROKER", "mosquitto")) as running:
         yield running
 
 
