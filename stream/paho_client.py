@@ -1,7 +1,8 @@
-"""paho's MQTT client with fewer system calls per message: what every harstream tool uses.
+"""paho's MQTT client with fewer system calls per message, for the service and the tools.
 
 :func:`stream.connection.make_client` builds a :class:`BufferedClient`; nothing else in
-harstream needs to know it is not a stock ``paho.mqtt.client.Client``.
+harstream needs to know it is not a stock ``paho.mqtt.client.Client``. (The benchmark's
+load generator is the exception that uses neither: ``harstream.bench.mqtt_wire``.)
 """
 
 from __future__ import annotations

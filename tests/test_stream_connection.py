@@ -1,5 +1,5 @@
-"""The paho client every harstream tool uses (stream.paho_client): buffered, draining reads
-and coalesced writes.
+"""The paho client of the service and the tools (stream.paho_client): buffered, draining
+reads and coalesced writes.
 
 Bursts large enough that packets straddle the 64 KiB read buffer, and publishes from
 another thread than paho's, must all arrive, in order, acknowledged.
