@@ -22,6 +22,9 @@ Time handling, per device:
   ``out_of_order``); a jump longer than ``max_gap_s`` discards the partial window
   (``gap``, counting the discarded samples) and starts over, so no window spans a gap.
   Switching between timed and untimed readings also starts over.
+- The work of a message is bounded by its size: readings sparser than 5 Hz on average
+  (which resampling would multiply into many grid points) are refused as ``out_of_range``,
+  and the resampling loop is bounded by construction.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from stream.codec import Samples
-from stream.routes import Buffer, Sink
+from stream.codec import MIN_RATE_HZ, Samples
+from stream.routes import Buffer, PayloadError, Sink
 
 SNAP_TOLERANCE_S = 0.001
 
@@ -97,11 +100,14 @@ class WindowBuffer:
         """Add one message's readings; returns how many were accepted."""
         xyz = np.asarray(value.xyz)
         timed = value.times is not None
+        if timed:
+            times = np.asarray(value.times, np.float64)
+            if len(times) > 1:
+                self._check_density(times, self._prev_t if self._timed else None)
         if self._timed is not None and timed != self._timed:
             self._restart()
         self._timed = timed
         if timed:
-            times = np.asarray(value.times, np.float64)
             if self._on_grid(times):
                 if self._prev_t is None:  # a device's first reading anchors its grid
                     self._anchor, self._k = float(times[0]), 0
@@ -118,6 +124,33 @@ class WindowBuffer:
         step = 1.0 / value.rate_hz
         times = [base + (i + 1) * step for i in range(len(xyz))]
         return self._resample(times, xyz.tolist(), wall, mono, check_gaps=False)
+
+    def _check_density(self, times: np.ndarray, prev: float | None) -> None:
+        """Refuse a message whose readings are sparser than :data:`MIN_RATE_HZ` on average.
+
+        Resampling fills the grid between readings up to ``max_gap_s`` apart, so 4,096 rows
+        0.99 s apart would make 81,000 grid points (4,000 windows) from one message. The
+        accepted rates (5 Hz and up) allow ``rate / 5`` grid points per reading, plus the
+        gap from the previous message: that is the budget. Sorted readings within it pass
+        on one subtraction; only others pay for the exact count below.
+        """
+        dt = self._dt
+        budget = len(times) * self._rate / MIN_RATE_HZ + self._max_gap / dt + 2
+        first = float(times[0]) if prev is None else prev
+        if (float(times.max()) - first) / dt <= budget:
+            return
+        seq = times if prev is None else np.concatenate(([prev], times))
+        # The buffer keeps a reading only if it is later than every reading before it, and
+        # fills the grid between consecutive kept readings at most max_gap_s apart.
+        kept = seq[np.concatenate(([True], seq[1:] > np.maximum.accumulate(seq)[:-1]))]
+        steps = np.diff(kept)
+        spanned = float(steps[steps <= self._max_gap].sum())
+        if spanned / dt > budget:
+            raise PayloadError(
+                "out_of_range",
+                f"{len(times)} readings spread over {spanned:.3g} s; readings must average "
+                f"at least {MIN_RATE_HZ:g} Hz",
+            )
 
     def _on_grid(self, times: np.ndarray) -> bool:
         """Whether every reading falls on the next grid points, nothing pending in between:
@@ -170,7 +203,15 @@ class WindowBuffer:
                 self._append(row, t if stamp is None else stamp, mono)
             else:
                 g = self._anchor + self._k * dt
-                while g < t - tol:  # every reading up to grid point g is in: emit it
+                # Every reading up to grid point g is in: emit g, and so on up to t. The
+                # loop is bounded by construction (the grid points between the two readings,
+                # plus slack for rounding), not by trusting g to advance: at a time of 1e300
+                # adding 50 ms leaves g unchanged, and the ``while`` this replaces never
+                # ended. The codec keeps times within 0..4.1e9 s and rates at 5 Hz or more,
+                # so it runs at most max(max_gap, 0.2 s) / dt + 2 times per reading.
+                for _ in range(int((t - g) / dt) + 2):
+                    if g >= t - tol:
+                        break
                     if self._bin_n >= 2:
                         point = [s / self._bin_n for s in self._bin]
                     else:

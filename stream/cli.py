@@ -24,6 +24,7 @@ from stream.connection import BROKER_OPTIONS, add_broker_arguments, broker_confi
 log = logging.getLogger("stream.serve")
 
 GIL_SWITCH_S = 0.0005  # sys.setswitchinterval for the service process (see run)
+EXIT_ABANDONED = 3  # stop had to abandon work (a stuck handler, windows not published)
 
 DESCRIPTION = """\
 Serve activity recognition (and the text and series families) over MQTT.
@@ -35,7 +36,8 @@ Settings come from flags, then HARSTREAM_* environment variables, then the TOML 
 --config (keys named like the flags: max_batch = 64), then the defaults shown.
 Without --broker it uses 127.0.0.1:1883 and starts an embedded broker there when nothing
 listens (--no-embedded-broker turns that off). SIGINT/SIGTERM finish queued windows,
-publish 'offline' and exit 0.
+publish 'offline' and exit 0, within --stop-timeout seconds; exit 3 when work had to be
+abandoned then, 2 for an invalid configuration, 1 when the service cannot start.
 """
 
 EPILOG = """\
@@ -127,5 +129,9 @@ def run(args: argparse.Namespace) -> int:
     # the service's worst latencies. Frozen objects are never scanned again.
     gc.freeze()
     service.wait()
-    service.stop()
-    return 0
+    if service.stop():
+        return 0
+    # A handler is stuck on paho's thread: nothing more can be done in this process, and
+    # interpreter shutdown could wait on that thread, so leave at once.
+    logging.shutdown()
+    os._exit(EXIT_ABANDONED)

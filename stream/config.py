@@ -209,6 +209,20 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "without --broker, start an embedded broker on 127.0.0.1:1883 when none listens",
     ),
     Option("connect_timeout", "float", 30.0, "give up if no broker answers at start", "SECONDS"),
+    Option(
+        "slow_handler_ms",
+        "float",
+        250.0,
+        "log and count a message whose handling blocks the MQTT thread longer than this",
+        "MS",
+    ),
+    Option(
+        "stop_timeout",
+        "float",
+        30.0,
+        "longest a stop (SIGTERM) may take; work still running then is abandoned (exit 3)",
+        "SECONDS",
+    ),
     Option("log_json", "bool", False, "log one JSON object per line"),
 )
 
@@ -240,6 +254,8 @@ class ServeConfig:
     metrics_host: str = "127.0.0.1"
     embedded_broker: bool = True
     connect_timeout: float = 30.0
+    slow_handler_ms: float = 250.0
+    stop_timeout: float = 30.0
     log_json: bool = False
 
     def __post_init__(self) -> None:
@@ -258,6 +274,8 @@ class ServeConfig:
             (self.max_payload >= 16, f"max_payload must be >= 16, got {self.max_payload}"),
             (self.qos in (0, 1), f"qos must be 0 or 1, got {self.qos}"),
             (self.connect_timeout > 0, "connect_timeout must be > 0"),
+            (self.slow_handler_ms > 0, f"slow_handler_ms must be > 0, got {self.slow_handler_ms}"),
+            (self.stop_timeout > 0, f"stop_timeout must be > 0, got {self.stop_timeout}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -9,15 +9,36 @@ from __future__ import annotations
 import re
 
 DEFAULT_PREFIX = "har"
-ID_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-ID_RULE = "1-64 characters of letters, digits, '-', '_' and '.'"
+# The first character is a letter or digit so that no id makes a topic level such as ".",
+# ".." or "-" (har/../activity reads like a path); "service" is the status topic's level.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+RESERVED_IDS = frozenset({"service"})
+ID_RULE = (
+    "1-64 characters of letters, digits, '-', '_' and '.', starting with a letter or digit, "
+    "not 'service'"
+)
+# Where an error about an id goes when the id level itself cannot carry a reply: it is
+# empty, reserved, or longer than MAX_REPLY_ID characters (echoing it would let one
+# message make the service publish up to 64 KiB of topic). Not a valid id, so no device
+# can own it.
+INVALID_ID_PLACEHOLDER = "_invalid"
+MAX_REPLY_ID = 256
+_NO_REPLY_IDS = frozenset({"", ".", "..", *RESERVED_IDS})
 ERRORS_SUFFIX = "errors"
 STATUS_TOPIC_SUFFIX = "service/status"
 
 
 def is_valid_id(device_id: str) -> bool:
     """Whether ``device_id`` may appear as the ``<id>`` level of a topic."""
-    return ID_PATTERN.fullmatch(device_id) is not None
+    return ID_PATTERN.fullmatch(device_id) is not None and device_id not in RESERVED_IDS
+
+
+def reply_id(device_id: str) -> str:
+    """The id level to report an error about ``device_id`` on: the id itself when the
+    device can subscribe to it, else :data:`INVALID_ID_PLACEHOLDER`."""
+    if len(device_id) > MAX_REPLY_ID or device_id in _NO_REPLY_IDS:
+        return INVALID_ID_PLACEHOLDER
+    return device_id
 
 
 def check_prefix(prefix: str) -> str:

@@ -102,11 +102,18 @@ class InferenceWorker:
         except queue.Full:  # another producer refilled it; this item is the one dropped
             self._metrics.drop("queue_full")
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Finish every queued input, publish its result, then end the thread."""
-        if self._thread.is_alive():
-            self._queue.put(_STOP)
-            self._thread.join(timeout)
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Finish every queued input, publish its result, then end the thread; returns
+        False when that did not happen within ``timeout`` seconds."""
+        if not self._thread.is_alive():
+            return True
+        deadline = time.monotonic() + timeout
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            return False
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         get, get_nowait = self._queue.get, self._queue.get_nowait

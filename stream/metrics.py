@@ -63,6 +63,11 @@ class ServiceMetrics:
             "harstream_devices_active", "ids with a live buffer", ["family"], registry=r
         )
         self.connects = Counter("harstream_broker_connects", "broker (re)connects", registry=r)
+        self.slow_handlers = Counter(
+            "harstream_slow_handlers",
+            "messages whose handling on the MQTT thread took longer than --slow-handler-ms",
+            registry=r,
+        )
         self.broker_dropped = Gauge(
             "harstream_broker_dropped_messages",
             "messages the broker says it dropped ($SYS, Mosquitto), e.g. on full client queues",

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from stream.codec import number
+from stream.codec import json_error, number
 from stream.routes import PayloadError, Route, Sink, load_family_predictor
 
 FAMILY = "series"
@@ -38,10 +38,10 @@ def decode_values(payload: bytes, content_type: str | None = None) -> tuple[list
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        if payload.strip().lower() in _NON_FINITE or b"NaN" in payload or b"Infinity" in payload:
+        if payload.strip().lower() in _NON_FINITE:
             raise PayloadError("non_finite", "NaN/infinite values are not allowed") from None
-        raise PayloadError(
-            "malformed_json", f'expected a number, {{"value": v}} or {{"values": [..]}}: {exc}'
+        raise json_error(
+            exc, payload, 'expected a number, {"value": v} or {"values": [..]}'
         ) from None
     t = None
     if isinstance(doc, dict):

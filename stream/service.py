@@ -44,6 +44,7 @@ from stream.routes import (
     RouteUnavailable,
     build_route,
 )
+from stream.watchdog import HandlerWatch, LogLimiter
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ EVICT_EVERY_S = 1.0
 # not publish it (or deny $SYS) simply leave the gauge unset.
 BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 MAX_QUEUED_PUBLISHES = 100_000  # held by paho while the broker is away; beyond: dropped
+# How long stop() waits for a message handler that is running when it is called. Handlers
+# take well under a millisecond (4,096 samples: a few ms), so one still running after this
+# is stuck, and the service stops without it rather than never.
+HANDLER_GRACE_S = 5.0
 
 
 @dataclass
@@ -124,6 +129,12 @@ class Service:
         self._next_evict = 0.0
         self._publish_failures = 0
         self._prefix_slash = self.prefix + "/"
+        self._log_limiter = LogLimiter()
+        self._watch = HandlerWatch(
+            config.slow_handler_ms / 1000.0,
+            self.metrics.slow_handlers.inc,
+            limiter=self._log_limiter,
+        )
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -184,6 +195,7 @@ class Service:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._watch.start()
         self._started = True
         connect(self._client, cfg, persistent=True)
         if not self._subscribed.wait(self.config.connect_timeout):
@@ -207,31 +219,57 @@ class Service:
         )
         return self
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop taking messages, finish queued windows, publish ``offline``, disconnect."""
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop taking messages, finish queued windows, publish ``offline``, disconnect.
+
+        Takes at most ``timeout`` seconds (default ``config.stop_timeout``) whatever a
+        message handler is doing. Returns False when it had to abandon work: a handler that
+        did not finish (its message stays unacknowledged), or windows not published in time.
+        """
         if not self._started:
-            return
+            return True
         self._started = False
-        with self._handling:  # a message being handled now is acknowledged before we go on
+        timeout = self.config.stop_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        clean = True
+        # A message being handled now is acknowledged before we go on, unless its handler
+        # is stuck: then stop without it.
+        if self._handling.acquire(timeout=min(HANDLER_GRACE_S, timeout)):
             self._closing = True
+            self._handling.release()
+        else:
+            self._closing = True
+            clean = False
+            topic, running_s = self._watch.running() or ("?", 0.0)
+            log.error(
+                "event=handler_abandoned topic=%r running_s=%.1f: a message handler did not "
+                "finish; stopping without it (its message stays unacknowledged)",
+                topic[:200],
+                running_s,
+            )
         for served in self._served.values():
-            served.worker.stop(timeout)
+            if not served.worker.stop(max(0.1, deadline - time.monotonic())):
+                clean = False
+                log.error("event=windows_abandoned family=%s", served.route.family)
         client = self._client
         if client is not None and client.is_connected():
             info = client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
             try:
-                info.wait_for_publish(timeout=min(timeout, 5.0))
+                info.wait_for_publish(timeout=max(0.1, min(deadline - time.monotonic(), 5.0)))
             except (RuntimeError, ValueError) as exc:
                 log.warning("event=offline_not_confirmed error=%s", exc)
         if client is not None:
             client.disconnect()
-            client.loop_stop()
+            if clean:  # joining paho's thread would wait forever for a stuck handler
+                client.loop_stop()
+        self._watch.stop()
         self.metrics.close()
         if self.embedded_broker is not None:
             self.embedded_broker.stop()
             self.embedded_broker = None
         self._stop_requested.set()
-        log.info("event=stopped")
+        log.info("event=stopped clean=%s", clean)
+        return clean
 
     def request_stop(self) -> None:
         """Ask :meth:`wait` to return (safe from signal handlers)."""
@@ -311,11 +349,13 @@ class Service:
         with self._handling:
             if self._closing:
                 return  # not acknowledged: the broker redelivers it to our next session
+            self._watch.begin(msg.topic)
             try:
                 self._handle(msg)
-            except Exception:  # never let one message take the service down
-                log.exception("event=handler_failed topic=%r", msg.topic)
-                self.metrics.errors.labels("unknown", "internal").inc()
+            except Exception as exc:  # never let one message take the service down
+                self._internal_error(msg.topic, exc)
+            finally:
+                self._watch.end()
             if msg.qos:
                 client.ack(msg.mid, msg.qos)
 
@@ -335,7 +375,8 @@ class Service:
             fm.drop("retained")
             return
         if not contract.is_valid_id(device):
-            message = f"invalid id {device[:80]!r}: use {contract.ID_RULE}"
+            shown = f"{device[:80]!r} ({len(device)} characters)"
+            message = f"invalid id {shown}: use {contract.ID_RULE}"
             self._report(served, device, "invalid_id", message, topic)
             return
         payload = msg.payload
@@ -378,19 +419,47 @@ class Service:
         self._broker_dropped = dropped
         self.metrics.broker_dropped.set(dropped)
 
+    def _internal_error(self, topic: str, exc: Exception) -> None:
+        """A handler raised something other than PayloadError: a bug, not bad input. The
+        device still gets a documented error; the traceback is logged once per minute per
+        exception type with a count."""
+        device, _, suffix = topic[len(self._prefix_slash) :].partition("/")
+        served = self._served.get(suffix) if topic.startswith(self._prefix_slash) else None
+        kind = type(exc).__name__
+        held = self._log_limiter.allow("internal:" + kind)
+        if held is not None:
+            log.error(
+                "event=handler_failed topic=%r error=%s%s",
+                topic[:200],
+                kind,
+                f" ({held} more since the last such line)" if held else "",
+                exc_info=exc,
+            )
+        if served is None:
+            self.metrics.errors.labels("unknown", "internal").inc()
+            return
+        message = f"the service failed to handle this message ({kind}); it was logged"
+        self._report(served, device, "internal", message, topic)
+
     def _report(self, served: _Served, device: str, kind: str, message: str, topic: str) -> None:
         served.metrics.error(kind)
-        if not device or len(device) > 256:
-            log.warning(
-                "event=bad_input kind=%s topic=%r: %s (no id to reply to)",
-                kind,
-                topic[:300],
-                message,
-            )
-            return
-        log.debug("event=bad_input kind=%s device=%s: %s", kind, device, message)
-        payload = error_payload(device, kind, message, topic)
-        self._publish(contract.errors_topic(self.prefix, device), payload)
+        reply = contract.reply_id(device)
+        if reply != device:  # no usable id level: report on the placeholder's errors topic
+            held = self._log_limiter.allow("bad_id:" + kind)
+            if held is not None:
+                log.warning(
+                    "event=bad_input kind=%s topic=%r: %s (reported on %s%s)",
+                    kind,
+                    topic[:200],
+                    message,
+                    contract.errors_topic(self.prefix, reply),
+                    f"; {held} more since the last such line" if held else "",
+                )
+            payload = error_payload(None, kind, message, topic[: contract.MAX_REPLY_ID])
+        else:
+            log.debug("event=bad_input kind=%s device=%s: %s", kind, device, message)
+            payload = error_payload(device, kind, message, topic)
+        self._publish(contract.errors_topic(self.prefix, reply), payload)
 
     def _publish(self, topic: str, payload: bytes) -> None:
         rc = self._client.publish(topic, payload, qos=self.config.qos).rc

@@ -14,6 +14,7 @@ import numpy as np
 import orjson
 
 from models.text_prep import TextEncoder
+from stream.codec import json_error
 from stream.routes import PayloadError, Route, Sink, load_family_predictor
 
 FAMILY = "text"
@@ -33,7 +34,7 @@ def decode_text(payload: bytes, content_type: str | None = None) -> str:
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
-            raise PayloadError("malformed_json", f"malformed JSON: {exc}") from None
+            raise json_error(exc, payload, "malformed JSON") from None
         text = doc.get("text")
         if not isinstance(text, str):
             raise PayloadError(

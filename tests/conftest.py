@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
+from bus_client import Client
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -18,7 +20,7 @@ def shared_data() -> Path:
     return DATA_DIR
 
 
-# --- streaming service (issue 3): a real broker on a free loopback port, a HAR model ----------
+# --- streaming service: a real broker on a free loopback port, a HAR model --------------------
 
 HAR_TEST_CLASSES = ["walking", "jogging", "stairs", "sitting", "standing", "kicking"]
 
@@ -66,7 +68,7 @@ def har_predictor(har_model_path: Path):
     return load_predictor(har_model_path, family="har", max_batch=16)
 
 
-# --- HAR models (issue 2): the shipped CNN ----------------------------------------------------
+# --- HAR models: the shipped CNN ---------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +77,46 @@ def shipped_har_predictor():
     from models.registry import load_predictor
 
     return load_predictor(family="har", max_batch=64)
+
+
+# --- the service on the session broker: a unique prefix per test, services stopped after ----
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def serve(broker, har_predictor, prefix):
+    """Start services on the session broker (same prefix as the test); stopped at teardown."""
+    from stream.config import ServeConfig
+    from stream.connection import BrokerConfig
+    from stream.service import Service
+
+    started: list[Service] = []
+
+    def start(**overrides) -> Service:
+        broker_cfg = BrokerConfig(
+            host=broker.host,
+            port=broker.port,
+            mqtt_version=overrides.pop("mqtt_version", broker.mqtt_version),
+            client_id=overrides.pop("client_id", f"serve-{prefix}"),
+            explicit=True,
+        )
+        overrides.setdefault("families", ["har"])
+        config = ServeConfig(broker=broker_cfg, prefix=prefix, max_batch=16, **overrides)
+        service = Service(config, predictors={"har": har_predictor}).start()
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+@pytest.fixture
+def device(broker, prefix):
+    client = Client(broker.host, broker.port, prefix, broker.mqtt_version)
+    yield client
+    client.close()

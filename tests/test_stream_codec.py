@@ -45,7 +45,7 @@ def test_binary_round_trip_keeps_float32_values_and_times():
         (b"[1, 2, 3]", "wrong_type"),
         (b"[[1, 2, 3], [1, 2]]", "wrong_type"),
         (b'[[1, "a", 3]]', "wrong_type"),
-        (b'{"samples": [[1, 2, 3]], "rate_hz": 0}', "wrong_type"),
+        (b'{"samples": [[1, 2, 3]], "rate_hz": 0}', "out_of_range"),
         (b'{"x": 1, "y": 2}', "missing_axes"),
         (b"[[1, 2]]", "missing_axes"),
         (b'{"x": NaN, "y": 2, "z": 3}', "non_finite"),
@@ -72,8 +72,8 @@ def test_binary_content_type_without_magic_is_refused():
 
 
 def test_ids_and_prefixes():
-    assert is_valid_id("watch-7.left_arm") and is_valid_id("a" * 64)
-    for bad in ("", "a" * 65, "a b", "a/b", "é", "a+"):
+    assert is_valid_id("watch-7.left_arm") and is_valid_id("a" * 64) and is_valid_id("7")
+    for bad in ("", "a" * 65, "a b", "a/b", "é", "a+", ".", "..", "-", "_x", "service"):
         assert not is_valid_id(bad)
     assert check_prefix("site1/har") == "site1/har"
     for bad in ("", "/har", "har/", "h#r"):

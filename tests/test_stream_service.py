@@ -12,121 +12,21 @@ import tempfile
 import threading
 import time
 import urllib.request
-import uuid
-from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from bus_client import T0, WAIT, Client
 
 from harstream.bench.mqtt_wire import WireClient
 from stream.broker import EmbeddedBroker, MosquittoBroker, free_port, is_listening, mosquitto_binary
 from stream.codec import encode_binary
 from stream.config import ServeConfig
-from stream.connection import BrokerConfig, connect, make_client
+from stream.connection import BrokerConfig
 from stream.service import Service
 
 ROOT = Path(__file__).resolve().parents[1]
-T0 = 1_700_000_000.0
-WAIT = 20.0
-
-
-class Client:
-    """A test device and observer: publishes QoS 1, records everything under a prefix."""
-
-    def __init__(self, host: str, port: int, prefix: str, version: str = "5", **tls) -> None:
-        self.prefix = prefix
-        self.messages: dict[str, list[bytes]] = defaultdict(list)
-        self._cond = threading.Condition()
-        cfg = BrokerConfig(
-            host=host,
-            port=port,
-            mqtt_version=version,
-            client_id=f"test-{uuid.uuid4().hex[:10]}",
-            **tls,
-        )
-        self._subscribed = threading.Event()
-        self.client = make_client(cfg, persistent=False)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *a: self._subscribed.set()
-        self.client.on_message = self._on_message
-        connect(self.client, cfg, persistent=False)
-        assert self._subscribed.wait(WAIT), "test client could not subscribe"
-
-    def _on_connect(self, client, *_args) -> None:
-        client.subscribe(f"{self.prefix}/#", qos=1)
-
-    def _on_message(self, _client, _userdata, msg) -> None:
-        with self._cond:
-            self.messages[msg.topic].append(msg.payload)
-            self._cond.notify_all()
-
-    def publish(self, device: str, payload, suffix: str = "accel") -> None:
-        if not isinstance(payload, bytes):
-            payload = json.dumps(payload).encode()
-        self.client.publish(f"{self.prefix}/{device}/{suffix}", payload, qos=1)
-
-    def samples(self, device: str, start: int, n: int, t0: float = T0, rate: float = 20.0):
-        """Publish ``n`` single timestamped samples, indices ``start..start+n-1``."""
-        for i in range(start, start + n):
-            self.publish(device, {"x": float(i % 7), "y": 1.0, "z": 9.8, "t": t0 + i / rate})
-
-    def json_of(self, device: str, suffix: str = "activity") -> list[dict]:
-        with self._cond:
-            return [json.loads(p) for p in self.messages[f"{self.prefix}/{device}/{suffix}"]]
-
-    def wait_for(self, device: str, count: int, suffix: str = "activity") -> list[dict]:
-        topic = f"{self.prefix}/{device}/{suffix}"
-        with self._cond:
-            ok = self._cond.wait_for(lambda: len(self.messages[topic]) >= count, WAIT)
-        got = self.json_of(device, suffix)
-        assert ok, f"expected {count} messages on {topic}, got {len(got)}: {got[-3:]}"
-        return got
-
-    def settle(self, seconds: float = 0.4) -> None:
-        """Give stray extra messages a chance to arrive before asserting exact counts."""
-        time.sleep(seconds)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"t{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def serve(broker, har_predictor, prefix):
-    """Start services on the session broker (same prefix as the test); stopped at teardown."""
-    started: list[Service] = []
-
-    def start(**overrides) -> Service:
-        broker_cfg = BrokerConfig(
-            host=broker.host,
-            port=broker.port,
-            mqtt_version=overrides.pop("mqtt_version", broker.mqtt_version),
-            client_id=overrides.pop("client_id", f"serve-{prefix}"),
-            explicit=True,
-        )
-        overrides.setdefault("families", ["har"])
-        config = ServeConfig(broker=broker_cfg, prefix=prefix, max_batch=16, **overrides)
-        service = Service(config, predictors={"har": har_predictor}).start()
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        service.stop()
-
-
-@pytest.fixture
-def device(broker, prefix):
-    client = Client(broker.host, broker.port, prefix, broker.mqtt_version)
-    yield client
-    client.close()
 
 
 def test_80_samples_give_exactly_one_prediction_with_the_contract_fields(serve, device):

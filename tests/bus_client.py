@@ -1,0 +1,75 @@
+"""A test device and observer on a real broker, shared by the service tests."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import defaultdict
+
+from stream.connection import BrokerConfig, connect, make_client
+
+T0 = 1_700_000_000.0
+WAIT = 20.0
+
+
+class Client:
+    """A test device and observer: publishes QoS 1, records everything under a prefix."""
+
+    def __init__(self, host: str, port: int, prefix: str, version: str = "5", **tls) -> None:
+        self.prefix = prefix
+        self.messages: dict[str, list[bytes]] = defaultdict(list)
+        self._cond = threading.Condition()
+        cfg = BrokerConfig(
+            host=host,
+            port=port,
+            mqtt_version=version,
+            client_id=f"test-{uuid.uuid4().hex[:10]}",
+            **tls,
+        )
+        self._subscribed = threading.Event()
+        self.client = make_client(cfg, persistent=False)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        connect(self.client, cfg, persistent=False)
+        assert self._subscribed.wait(WAIT), "test client could not subscribe"
+
+    def _on_connect(self, client, *_args) -> None:
+        client.subscribe(f"{self.prefix}/#", qos=1)
+
+    def _on_message(self, _client, _userdata, msg) -> None:
+        with self._cond:
+            self.messages[msg.topic].append(msg.payload)
+            self._cond.notify_all()
+
+    def publish(self, device: str, payload, suffix: str = "accel") -> None:
+        if not isinstance(payload, bytes):
+            payload = json.dumps(payload).encode()
+        self.client.publish(f"{self.prefix}/{device}/{suffix}", payload, qos=1)
+
+    def samples(self, device: str, start: int, n: int, t0: float = T0, rate: float = 20.0):
+        """Publish ``n`` single timestamped samples, indices ``start..start+n-1``."""
+        for i in range(start, start + n):
+            self.publish(device, {"x": float(i % 7), "y": 1.0, "z": 9.8, "t": t0 + i / rate})
+
+    def json_of(self, device: str, suffix: str = "activity") -> list[dict]:
+        with self._cond:
+            return [json.loads(p) for p in self.messages[f"{self.prefix}/{device}/{suffix}"]]
+
+    def wait_for(self, device: str, count: int, suffix: str = "activity") -> list[dict]:
+        topic = f"{self.prefix}/{device}/{suffix}"
+        with self._cond:
+            ok = self._cond.wait_for(lambda: len(self.messages[topic]) >= count, WAIT)
+        got = self.json_of(device, suffix)
+        assert ok, f"expected {count} messages on {topic}, got {len(got)}: {got[-3:]}"
+        return got
+
+    def settle(self, seconds: float = 0.4) -> None:
+        """Give stray extra messages a chance to arrive before asserting exact counts."""
+        time.sleep(seconds)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
