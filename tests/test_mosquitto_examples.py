@@ -27,7 +27,7 @@ from stream.service import Service
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
-pytestmark = pytest.mark.skipif(mosquitto_binary() is None, reason="needs the mosquitto binary")
+needs_mosquitto = pytest.mark.skipif(mosquitto_binary() is None, reason="needs mosquitto")
 
 
 def _option_lines(name: str) -> Iterator[tuple[str, str, str]]:
@@ -97,6 +97,7 @@ def log_lines(caplog, event: str) -> list[logging.LogRecord]:
 # --------------------------------------------------------------------- broker persistence
 
 
+@needs_mosquitto
 @pytest.mark.parametrize("version", ["5", "3.1.1"])
 def test_a_broker_that_lost_the_session_is_reported(har_predictor, prefix, caplog, version):
     caplog.set_level(logging.INFO, logger="stream.service")
@@ -137,6 +138,7 @@ def test_a_broker_that_lost_the_session_is_reported(har_predictor, prefix, caplo
         own.close()
 
 
+@needs_mosquitto
 def test_with_the_example_persistence_a_killed_broker_keeps_the_session(
     har_predictor, prefix, caplog, broker_dir
 ):
@@ -269,6 +271,7 @@ def service_config(bus: SecureBus, client_id: str) -> BrokerConfig:
     return broker_config(args, default_client_id="unused", env={})
 
 
+@needs_mosquitto
 def test_devices_reach_only_their_own_topics(secure_bus, har_predictor):
     service = start_service(service_config(secure_bus, "serve-secure"), har_predictor)
     a, b = secure_bus.device("dev-a"), secure_bus.device("dev-b")
@@ -298,12 +301,14 @@ def test_devices_reach_only_their_own_topics(secure_bus, har_predictor):
         service.stop()
 
 
+@needs_mosquitto
 def test_anonymous_and_wrong_logins_are_refused(secure_bus):
     assert secure_bus.refusal("dev-a", secure_bus.password("dev-a")) == "accepted"
     assert secure_bus.refusal(None, None) == "Not authorized"
     assert secure_bus.refusal("dev-a", secure_bus.password("dev-b")) == "Not authorized"
 
 
+@needs_mosquitto
 def test_serve_with_a_password_file_keeps_it_out_of_the_process_list(secure_bus, har_model_path):
     watcher = secure_bus.device("dev-a")
     cmd = [
