@@ -150,24 +150,34 @@ class EmbeddedBroker:
 
 
 class MosquittoBroker:
-    """A private ``mosquitto`` subprocess with a generated config on a loopback port.
+    """A private ``mosquitto`` subprocess on a loopback port.
 
-    ``extra`` is appended to the config; listener options there (e.g. TLS files) apply to
-    its one listener.
+    The config is generated (anonymous access, no persistence) unless ``config`` gives a
+    whole one, which must then have its own ``listener {port} {host}`` line. ``extra`` is
+    appended either way; listener options there (e.g. TLS files) apply to the last listener.
+    Files the config names are read, and a ``persistence_location`` written, by the user
+    mosquitto switches to when started as root (``mosquitto``).
     """
 
     kind = "mosquitto"
     mqtt_version = "5"
 
     def __init__(
-        self, port: int, host: str = LOOPBACK, binary: str = "mosquitto", extra: str = ""
+        self,
+        port: int,
+        host: str = LOOPBACK,
+        binary: str = "mosquitto",
+        extra: str = "",
+        *,
+        config: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.binary = binary
         self._dir = tempfile.TemporaryDirectory(prefix="harstream-mosquitto-")
         self.config_path = Path(self._dir.name) / "mosquitto.conf"
-        self.config_path.write_text(MOSQUITTO_CONF.format(host=host, port=port) + extra)
+        base = MOSQUITTO_CONF.format(host=host, port=port) if config is None else config
+        self.config_path.write_text(base + extra)
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -194,7 +204,11 @@ class MosquittoBroker:
             time.sleep(0.02)
 
     def stop(self, timeout: float = 10.0, *, kill: bool = False) -> None:
-        """Terminate mosquitto, or ``kill`` it like a crash (sessions are lost either way)."""
+        """Terminate mosquitto, or ``kill`` it like a crash.
+
+        Sessions, queued and retained messages survive only with persistence: a terminated
+        broker saves them, a killed one keeps what its last autosave wrote.
+        """
         if self._proc is None:
             return
         if kill:

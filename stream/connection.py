@@ -50,7 +50,20 @@ BROKER_OPTIONS: tuple[Option, ...] = (
         metavar="URL",
     ),
     Option("username", "str", None, "broker user name", metavar="NAME"),
-    Option("password", "str", None, "broker password (prefer the environment variable)"),
+    Option(
+        "password",
+        "str",
+        None,
+        "broker password; a flag shows in the process list (ps, /proc/PID/cmdline) to every "
+        "local user: prefer --password-file or the environment variable",
+    ),
+    Option(
+        "password_file",
+        "path",
+        None,
+        "read the broker password from this file (one trailing newline is stripped)",
+        "FILE",
+    ),
     Option("ca_file", "path", None, "CA certificate file to verify the broker (TLS)", "FILE"),
     Option("cert_file", "path", None, "client certificate file for TLS client auth", "FILE"),
     Option("key_file", "path", None, "private key of --cert-file", "FILE"),
@@ -144,6 +157,10 @@ def broker_config(
         raise ConfigError("--key-file needs --cert-file")
     if (v["ca_file"] or v["cert_file"]) and not tls:
         raise ConfigError("TLS files were given but the broker URL is not mqtts://")
+    if v["password_file"] is not None:
+        if password:
+            raise ConfigError("give the broker password once: a password and --password-file")
+        password = read_password_file(v["password_file"])
     if password and not user:
         raise ConfigError("a broker password needs a user name (--username)")
     for name in ("keepalive", "max_inflight", "session_expiry"):
@@ -165,6 +182,18 @@ def broker_config(
         session_expiry=v["session_expiry"],
         explicit=bool(v["broker"]),
     )
+
+
+def read_password_file(path: Path) -> str:
+    """The password in ``path``, without the one trailing newline an editor or ``echo`` adds."""
+    try:
+        text = Path(path).read_bytes().decode()  # no newline translation: "\r\n" stays
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--password-file {path}: {exc}") from None
+    password = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+    if not password:
+        raise ConfigError(f"--password-file {path} is empty")
+    return password
 
 
 def default_client_id(tool: str) -> str:

@@ -68,9 +68,16 @@ class ServiceMetrics:
             "messages whose handling on the MQTT thread took longer than --slow-handler-ms",
             registry=r,
         )
+        self.sessions_lost = Counter(
+            "harstream_sessions_lost",
+            "reconnects that found the persistent session gone at the broker (restarted "
+            "without saving it, or expired): readings published meanwhile were lost",
+            registry=r,
+        )
         self.broker_dropped = Gauge(
             "harstream_broker_dropped_messages",
-            "messages the broker says it dropped ($SYS, Mosquitto), e.g. on full client queues",
+            "messages the broker says it dropped on full client queues ($SYS, Mosquitto); "
+            "broker-wide: any client's queue, not only the service's",
             registry=r,
         )
         self.publish_failures = Counter(

@@ -12,7 +12,9 @@ Lifecycle:
 - messages: ``on_message`` decodes and appends to the id's buffer, nothing more; ready
   inputs go to the route's inference worker. Messages are acknowledged after that, so
   on shutdown the ones not taken are redelivered to the next session;
-- reconnects: paho reconnects with backoff; ``on_connect`` resubscribes; buffers stay;
+- reconnects: paho reconnects with backoff; ``on_connect`` resubscribes and publishes
+  ``online`` again; buffers stay; a broker that lost the session is logged
+  (``event=session_lost``) and counted (``harstream_sessions_lost_total``);
 - stop: stop taking messages (unacknowledged ones stay with the broker), finish and
   publish every queued window, publish ``offline``, disconnect (keeping the session).
 """
@@ -121,6 +123,7 @@ class Service:
         self._closing = False
         self._handling = threading.Lock()
         self._started = False
+        self._connected_before = False
         self._subscribed = threading.Event()
         self._pending_sub: set[int] = set()
         self._sys_mid: int | None = None
@@ -316,15 +319,28 @@ class Service:
             log.error("event=connect_refused broker=%s reason=%s", self.broker_config.url, reason)
             return
         self.metrics.connects.inc()
-        log.info(
-            "event=connected broker=%s session_present=%s",
-            self.broker_config.url,
-            flags.session_present,
-        )
+        cfg = self.broker_config
+        log.info("event=connected broker=%s session_present=%s", cfg.url, flags.session_present)
+        if self._connected_before and not flags.session_present:
+            # The broker forgot the session it held for us: what devices published between
+            # its restart and the resubscribe below matched no subscription and is gone.
+            # A fresh client id on its first connect has no session to lose.
+            self.metrics.sessions_lost.inc()
+            log.warning(
+                "event=session_lost broker=%s client_id=%s: the broker no longer had the "
+                "service's persistent session (restarted without saving it, or it expired); "
+                "readings published while the service was away were lost. Keep sessions "
+                "across broker crashes with 'persistence true' and 'autosave_interval 1' "
+                "(examples/mosquitto.conf) and a --session-expiry longer than outages",
+                cfg.url,
+                cfg.client_id,
+            )
+        self._connected_before = True
         topics = [(contract.subscription(self.prefix, suffix), 1) for suffix in self._served]
         _rc, mid = client.subscribe(topics)
         self._pending_sub.add(mid)
         _rc, self._sys_mid = client.subscribe(BROKER_DROPPED_TOPIC, 0)
+        # on every connect: a broker that restarted without persistence lost the retained one
         client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
 
     def _on_subscribe(self, _c: Any, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
@@ -412,9 +428,13 @@ class Service:
             return
         if dropped > self._broker_dropped:
             log.warning(
-                "event=broker_dropped total=%d: the broker dropped messages (a client's queue "
-                "was full?); raise max_queued_messages or add service capacity",
+                "event=broker_dropped total=%d: the broker dropped messages on a full client "
+                "queue. The count is broker-wide: the queue may be another client's (a device "
+                "or observer that is away or slow). The broker log names the client "
+                "('Outgoing messages are being dropped for client ...', log_type notice); if "
+                "it is this service (%s), raise max_queued_messages or add service capacity",
                 dropped,
+                self.broker_config.client_id,
             )
         self._broker_dropped = dropped
         self.metrics.broker_dropped.set(dropped)

@@ -70,6 +70,35 @@ def test_broker_urls():
     assert BrokerConfig().url == "mqtt://127.0.0.1:1883"
 
 
+def test_password_file_is_read_and_excludes_a_second_password(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret pass\n")
+    args = {"username": "harstream", "password_file": str(secret)}
+    assert broker_config(args, default_client_id="c", env={}).password == "s3cret pass"
+    env = {"HARSTREAM_USERNAME": "u", "HARSTREAM_PASSWORD_FILE": str(secret)}
+    assert broker_config({}, default_client_id="c", env=env).password == "s3cret pass"
+    toml = {"username": "u", "password_file": str(secret)}
+    assert broker_config({}, default_client_id="c", toml=toml, env={}).password == "s3cret pass"
+    secret.write_text("windows\r\n\n")  # only one line ending is stripped
+    assert broker_config(args, default_client_id="c", env={}).password == "windows\r\n"
+    for both in (
+        {**args, "password": "p"},
+        {**args, "broker": "mqtt://u:p@h"},
+    ):
+        with pytest.raises(ConfigError, match="password once"):
+            broker_config(both, default_client_id="c", env={})
+    with pytest.raises(ConfigError, match="password once"):
+        broker_config(args, default_client_id="c", env={"HARSTREAM_PASSWORD": "p"})
+    with pytest.raises(ConfigError, match="--password-file .*No such file"):
+        missing = {**args, "password_file": str(tmp_path / "none")}
+        broker_config(missing, default_client_id="c", env={})
+    with pytest.raises(ConfigError, match="user name"):
+        broker_config({"password_file": str(secret)}, default_client_id="c", env={})
+    secret.write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        broker_config(args, default_client_id="c", env={})
+
+
 def test_unavailable_family_fails_when_asked_and_is_skipped_by_default(monkeypatch, har_predictor):
     for family in ("text", "series"):
         monkeypatch.delitem(routes.ROUTE_BUILDERS, family)
@@ -96,5 +125,7 @@ def test_serve_help_lists_the_issue_flags(capsys):
         "--broker",
         "--ca-file",
         "--mqtt-version",
+        "--password-file",
     ):
         assert flag in out
+    assert "process list" in out  # --password warns where a flag shows

@@ -138,6 +138,9 @@ class ServiceProcess:
         )
         env = dict(os.environ)
         if self.broker.password:
+            # already read from wherever it came from; an inherited password file would
+            # make the child see two passwords and refuse
+            env.pop("HARSTREAM_PASSWORD_FILE", None)
             env["HARSTREAM_PASSWORD"] = self.broker.password
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env)
