@@ -18,7 +18,7 @@ def shared_data() -> Path:
     return DATA_DIR
 
 
-# --- streaming service (issue 3): a real broker on a free loopback port, a HAR model ----------
+# --- streaming service: a real broker on a free loopback port, a HAR model --------------------
 
 HAR_TEST_CLASSES = ["walking", "jogging", "stairs", "sitting", "standing", "kicking"]
 
@@ -66,7 +66,7 @@ def har_predictor(har_model_path: Path):
     return load_predictor(har_model_path, family="har", max_batch=16)
 
 
-# --- HAR models (issue 2): the shipped CNN ----------------------------------------------------
+# --- HAR models: the shipped CNN --------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
