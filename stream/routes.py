@@ -1,6 +1,6 @@
 """The generic route: how a model family plugs into the service without copying the engine.
 
-A route is the tuple the issue names: (topic pattern, decoder, per-id buffer, model,
+A route is a tuple (topic pattern, decoder, per-id buffer, model,
 encoder). The service subscribes to ``<prefix>/+/<suffix>`` for every route and, for each
 message, does only cheap work on the MQTT thread::
 
