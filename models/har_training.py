@@ -7,7 +7,7 @@ training can augment each window with a random orientation: a mirror of x, a tur
 the axis normal to the watch face (z) and a small tilt. The default turns by 0 or 180
 degrees only (``mirror``): turning by any angle (``rotate``) also mixes x and y, which
 blurs the arm hanging (gravity on x) with the forearm held level (gravity on -y), and it
-did worse on the validation subjects (README: "HAR models: results on unseen subjects").
+did worse on the validation subjects (docs/results/har.md).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class HarTrainConfig:
     weight_decay: float = 1e-3
     label_smoothing: float = 0.1
     patience: int = 8
-    augment: str = "mirror"  # best on validation subjects (README: HAR models)
+    augment: str = "mirror"  # best on validation subjects (docs/results/har.md)
     tilt: float = TILT_DEG  # largest random tilt of the watch face, degrees
     scale: float = 0.0  # amplitude scaling by a factor in [1 - scale, 1 + scale] per window
     jitter: float = 0.0  # Gaussian noise, m/s^2 (standard deviation)

@@ -67,7 +67,7 @@ def set_cpu_threads(n: int) -> bool:
 def default_inference_threads() -> int:
     """The service's default: half the cores (at least 1), the rest left to the MQTT thread,
     the broker and the devices' side. On 2 cores this measured better than XLA's default of
-    one per core (README: Performance): a one-thread call costs about half the CPU at batch
+    one per core (docs/performance.md): a one-thread call costs about half the CPU at batch
     1, and a two-thread call stalls whenever the other core is busy."""
     return max(1, default_cpu_threads() // 2)
 

@@ -1,6 +1,6 @@
 """Accelerometer payloads in, prediction and error payloads out.
 
-Accepted accel payloads on ``<prefix>/<id>/accel`` (see the README's MQTT contract):
+Accepted accel payloads on ``<prefix>/<id>/accel`` (see docs/contract.md):
 
 - one sample: ``{"x": .., "y": .., "z": .., "t": <unix seconds, optional>}``;
 - a batch: ``{"samples": [[x, y, z], ...], "rate_hz": 20, "t0": <unix seconds>}``

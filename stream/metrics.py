@@ -31,7 +31,7 @@ SECONDS_BUCKETS = (
 
 
 class ServiceMetrics:
-    """Counters, gauges and histograms listed in the README's "Running the service"."""
+    """Counters, gauges and histograms listed in docs/configuration.md (Metrics)."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()

@@ -109,7 +109,7 @@ def test_unavailable_family_fails_when_asked_and_is_skipped_by_default(monkeypat
     assert [r.family for r in built] == ["har"]
 
 
-def test_serve_help_lists_the_issue_flags(capsys):
+def test_serve_help_lists_every_flag(capsys):
     with pytest.raises(SystemExit):
         serve_args("--help")
     out = capsys.readouterr().out
