@@ -215,10 +215,12 @@ def _decode_batch(rows: Any, rate_hz: Any, t0: Any, may_hold_bools: bool) -> Sam
         raise PayloadError(
             "wrong_type", "samples rows have different lengths; use [x, y, z] or [t, x, y, z]"
         ) from None
-    if arr.dtype.kind not in "iuf" or (may_hold_bools and _holds_bool(rows)):
+    if arr.dtype.kind not in "iuf":
         raise PayloadError("wrong_type", "samples must hold numbers only")
     if arr.ndim != 2:
         raise PayloadError("wrong_type", "samples must be rows [x, y, z] or [t, x, y, z]")
+    if may_hold_bools and _holds_bool(rows):
+        raise PayloadError("wrong_type", "samples must hold numbers only")
     if arr.shape[1] not in (3, 4):
         raise PayloadError(
             "missing_axes",

@@ -67,6 +67,7 @@ REGRESSIONS = [
     (b"[[1700000000, 1, 2, 3], [1e300, 1, 2, 3]]", "out_of_range"),
     (b'{"samples": [[1, 2, 3]], "t0": 1e300}', "out_of_range"),
     (b"[[1, 2, 3], [1, true, 3]]", "wrong_type"),
+    (b"[false, 0]", "wrong_type"),
     (b'{"x": 1' + b"0" * 400 + b', "y": 0, "z": 0}', "non_finite"),
 ]
 
