@@ -9,9 +9,9 @@ The numbers, relative to what a real source of the family makes (``Route.real_ra
 inputs per second: HAR ``rate_hz / hop``, 20 / 20 = 1 window/s; text and series 1 message/s):
 
 - ``margin`` (``--device-rate-margin``, default 25): the sustained rate an id may keep up is
-  25 times real time. ``harstream replay --speed 20`` (the README's replay of eight test
-  subjects) makes 20 windows/s per device at hop 20, under 25 with room for the pacer to
-  catch up after a stall; the default ``--speed 1``, the demo, ``simulate`` and
+  25 times real time. ``harstream replay --speed 20`` (the replay of eight test subjects in
+  docs/replay.md) makes 20 windows/s per device at hop 20, under 25 with room for the
+  pacer to catch up after a stall; the default ``--speed 1``, the demo, ``simulate`` and
   ``bench e2e`` stream in real time. 25 windows/s is about 1% of what the 2-core
   development machine classifies (over 2,500 devices at 1 window/s), so one id at the
   limit cannot crowd out the rest. 0 turns the limit off.
@@ -25,7 +25,7 @@ inputs per second: HAR ``rate_hz / hop``, 20 / 20 = 1 window/s; text and series 
 Each dropped input counts as ``harstream_drops_total{reason="rate_limited"}``; the id is
 told on ``<prefix>/<id>/errors`` (error ``rate_limited``) at most once per
 :data:`NOTICE_EVERY_S`, with the count dropped since its last notice. Per id the state is
-five slots and :meth:`DeviceBucket.admit` is O(1); a bucket lives in the id's sink, so it is
+six slots and :meth:`DeviceBucket.admit` is O(1); a bucket lives in the id's sink, so it is
 evicted with the id's buffer (and starts full when the id comes back).
 """
 
@@ -34,6 +34,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+
+from stream.watchdog import LogLimiter
 
 log = logging.getLogger(__name__)
 
@@ -72,22 +74,23 @@ class RateLimit:
         self.capacity = max(1.0, real_rate * burst_s)  # at least one input must fit
         self.notice_every_s = notice_every_s
         self._notify = notify
-        self._notices = 0
+        self._log = LogLimiter()  # one warning line a minute for the whole family
 
     def bucket(self, device: str) -> DeviceBucket:
         """A full bucket for ``device``."""
         return DeviceBucket(self, device)
 
     def notify(self, device: str, dropped: int) -> None:
-        self._notices += 1
-        if self._notices == 1 or self._notices % 1000 == 0:
+        held = self._log.allow(RATE_LIMITED)
+        if held is not None:
             log.warning(
-                "event=rate_limited family=%s device=%s notices_total=%d: an id sends more "
-                "than %g inputs/s; its excess is dropped (see --device-rate-margin)",
+                "event=rate_limited family=%s device=%s dropped=%d: an id sends more than %g "
+                "inputs/s; its excess is dropped (see --device-rate-margin)%s",
                 self.family,
                 device,
-                self._notices,
+                dropped,
                 self.rate,
+                f"; {held} more such notices since the last line" if held else "",
             )
         self._notify(
             device,
@@ -99,7 +102,11 @@ class RateLimit:
 
 
 class DeviceBucket:
-    """One id's token bucket: :meth:`admit` says whether its next model input may pass."""
+    """One id's token bucket: :meth:`admit` says whether its next model input may pass.
+
+    The id's notice interval is kept here rather than in a :class:`LogLimiter` keyed by id,
+    whose table would keep every id that ever flooded: here it goes with the id's buffer.
+    """
 
     __slots__ = ("_limit", "_device", "_tokens", "_last", "_dropped", "_next_notice")
 
