@@ -159,7 +159,10 @@ def register(groups: dict[str, Any]) -> None:
         "--speed",
         default="1",
         metavar="SPEED",
-        help="1: as recorded; N: N times faster; max: as fast as the broker takes it (default: 1)",
+        help="1: as recorded; N: N times faster; max: as fast as the broker takes it "
+        "(default: 1). The service passes each device at most 25 times real time after a "
+        "burst of 120 s of data (its --device-rate-margin and --device-burst): faster "
+        "replays of longer recordings lose windows as rate_limited, which --compare reports",
     )
     source.add_argument(
         "--devices",

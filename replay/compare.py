@@ -326,6 +326,18 @@ def format_report(report: dict[str, Any]) -> str:
             f"{report['windows_foreign']} prediction(s) about samples sent before this run "
             "were ignored"
         )
+    errors = report.get("service_errors") or {}
+    if errors:
+        lines.append(
+            "the service reported errors about these devices: "
+            + ", ".join(f"{kind} {n}" for kind, n in sorted(errors.items()))
+        )
+    if "rate_limited" in errors:
+        lines.append(
+            "rate_limited: the devices sent faster than the service's per-device limit "
+            "(--device-rate-margin, 25 x real time after --device-burst, 120 s of data, by "
+            "default); replay at --speed 20 or slower, or raise the service's limit"
+        )
     if report["accuracy"] is None:
         lines.append("accuracy: n/a (no labelled windows)")
     else:

@@ -10,16 +10,19 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from replay.compare import Scoreboard, TruthLog, WindowCounter
 from replay.pacing import Chunk, paced
 from replay.publisher import Publisher, close_client, open_client
 from stream.config import ServeConfig
 from stream.connection import BrokerConfig
-from stream.contract import DEFAULT_PREFIX, subscription
+from stream.contract import DEFAULT_PREFIX, ERRORS_SUFFIX, subscription
 
 
 @dataclass
@@ -55,13 +58,17 @@ class Runner:
         self.counters = {
             d: WindowCounter(hop=settings.hop, max_gap=settings.max_gap) for d in self.devices
         }
+        # the service's errors about this run's devices, by kind (e.g. rate_limited when a
+        # replay runs faster than its --device-rate-margin allows), counted with --compare
+        self.service_errors: Counter[str] = Counter()
         self.client: Any = None
         self.publisher: Publisher | None = None
         self.started = 0.0
         self.publish_seconds = 0.0
 
     def __enter__(self) -> Runner:
-        subscriptions = [subscription(self.settings.prefix, "activity")]
+        prefix = self.settings.prefix
+        subscriptions = [subscription(prefix, "activity"), subscription(prefix, ERRORS_SUFFIX)]
         self.client = open_client(
             self.cfg,
             subscriptions=subscriptions if self.settings.compare else (),
@@ -83,7 +90,19 @@ class Runner:
             self.client = None
 
     def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
-        self.scoreboard.on_prediction(msg.payload, time.perf_counter())
+        if msg.topic.endswith("/" + ERRORS_SUFFIX):
+            self._on_error(msg.payload)
+        else:
+            self.scoreboard.on_prediction(msg.payload, time.perf_counter())
+
+    def _on_error(self, payload: bytes) -> None:
+        try:
+            error = orjson.loads(payload)
+            device, kind = error["device"], str(error["error"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        if device in self.devices:
+            self.service_errors[kind] += 1
 
     def publish(
         self, streams: Iterable[Iterator[Chunk]], progress: Callable[[int], None] | None = None
@@ -152,6 +171,7 @@ class Runner:
             publish_seconds=round(seconds, 3),
             samples_per_second=round(pub.samples / seconds, 1) if pub and seconds else None,
             speed="max" if math.isinf(self.settings.speed) else self.settings.speed,
+            service_errors=dict(self.service_errors),
             interrupted=self.interrupted,
             **extra,
         )

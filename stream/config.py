@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.contract import check_prefix
+from stream.ratelimit import DEFAULT_BURST_S, DEFAULT_MARGIN
 
 ENV_PREFIX = "HARSTREAM_"
 
@@ -189,6 +190,23 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     ),
     Option("queue_size", "int", 4096, "ready windows waiting for inference (oldest dropped)", "N"),
     Option(
+        "device_rate_margin",
+        "float",
+        DEFAULT_MARGIN,
+        "an id may send this many times the model inputs per second of a real device (HAR: "
+        "20 Hz / --hop windows/s; text, series: 1 message/s); its excess is dropped as "
+        "rate_limited and reported on <prefix>/<id>/errors; 0 turns the limit off",
+        "X",
+    ),
+    Option(
+        "device_burst",
+        "float",
+        DEFAULT_BURST_S,
+        "seconds of a real device's model inputs an id may send at once above that rate "
+        "(a backlog after an outage or a service restart)",
+        "SECONDS",
+    ),
+    Option(
         "inference_threads",
         "int",
         None,
@@ -245,6 +263,8 @@ class ServeConfig:
     max_batch: int = 128
     max_wait_ms: float = 0.0
     queue_size: int = 4096
+    device_rate_margin: float = DEFAULT_MARGIN
+    device_burst: float = DEFAULT_BURST_S
     inference_threads: int | None = None
     max_devices: int = 10000
     idle_ttl: float = 300.0
@@ -265,6 +285,11 @@ class ServeConfig:
             (self.max_batch >= 1, f"max_batch must be >= 1, got {self.max_batch}"),
             (self.max_wait_ms >= 0, f"max_wait_ms must be >= 0, got {self.max_wait_ms}"),
             (self.queue_size >= 1, f"queue_size must be >= 1, got {self.queue_size}"),
+            (
+                self.device_rate_margin >= 0,
+                f"device_rate_margin must be >= 0 (0: off), got {self.device_rate_margin}",
+            ),
+            (self.device_burst > 0, f"device_burst must be > 0, got {self.device_burst}"),
             (
                 self.inference_threads is None or self.inference_threads >= 1,
                 f"inference_threads must be >= 1, got {self.inference_threads}",

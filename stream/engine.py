@@ -10,7 +10,10 @@ bursts of windows (``bench e2e``), waiting 2 ms cost more latency than it saved 
 The batch is stacked into a preallocated array, run through ``predictor.predict_valid``
 once (pre-compiled power-of-two buckets) and one encoded result per input is published.
 
-When the queue is full the OLDEST waiting input is dropped (its prediction would be the
+Before the queue, each id's :class:`DeviceSink` holds its token bucket
+(:mod:`stream.ratelimit`): an id that sends more than its share loses its own excess
+(``harstream_drops_total{reason="rate_limited"}``), not the other ids' windows. When the
+queue is full nonetheless the OLDEST waiting input is dropped (its prediction would be the
 stalest), counted as ``harstream_drops_total{reason="queue_full"}`` and logged.
 """
 
@@ -27,6 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from stream.metrics import FamilyMetrics
+from stream.ratelimit import RATE_LIMITED, DeviceBucket
 from stream.routes import Route
 
 log = logging.getLogger(__name__)
@@ -170,16 +174,30 @@ class InferenceWorker:
 
 
 class DeviceSink:
-    """What a device's buffer sees of the engine: ``emit`` ready inputs, report ``drop``s."""
+    """What a device's buffer sees of the engine: ``emit`` ready inputs, report ``drop``s.
 
-    __slots__ = ("_device", "_submit", "_metrics")
+    With a ``bucket`` (:class:`stream.ratelimit.DeviceBucket`), an input the id has no token
+    for is dropped here, before the queue, and counted as ``rate_limited``.
+    """
 
-    def __init__(self, device: str, worker: InferenceWorker, metrics: FamilyMetrics) -> None:
+    __slots__ = ("_device", "_submit", "_metrics", "_admit")
+
+    def __init__(
+        self,
+        device: str,
+        worker: InferenceWorker,
+        metrics: FamilyMetrics,
+        bucket: DeviceBucket | None = None,
+    ) -> None:
         self._device = device
         self._submit = worker.submit
         self._metrics = metrics
+        self._admit = None if bucket is None else bucket.admit
 
     def emit(self, x: np.ndarray, info: Any, received: float) -> None:
+        if self._admit is not None and not self._admit(received):
+            self._metrics.drop(RATE_LIMITED)
+            return
         self._submit(Ready(self._device, x, info, received))
 
     def drop(self, reason: str, n: int = 1) -> None:

@@ -52,4 +52,8 @@ def build(config: Any, predictor: Any = None) -> Route:
             }
         )
 
-    return Route(FAMILY, "accel", "activity", decode_accel, new_buffer, predictor, encode)
+    # a real device makes a window every hop samples at the model's rate, however fast it samples
+    real_rate = rate_hz / config.hop
+    return Route(
+        FAMILY, "accel", "activity", decode_accel, new_buffer, predictor, encode, real_rate
+    )

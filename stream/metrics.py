@@ -52,7 +52,8 @@ class ServiceMetrics:
         )
         self.drops = Counter(
             "harstream_drops",
-            "input dropped on purpose, by reason (samples, or windows for queue_full)",
+            "input dropped on purpose, by reason (samples; model inputs for queue_full and "
+            "rate_limited)",
             ["family", "reason"],
             registry=r,
         )

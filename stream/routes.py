@@ -90,7 +90,11 @@ Encoder = Callable[[str, Any, np.ndarray, "Predictor", float], bytes]
 class Route:
     """One model family on the bus: ``<prefix>/+/<suffix>`` in, ``<prefix>/<id>/<out_suffix>`` out.
 
-    ``family`` names it in logs, metrics labels and the status message.
+    ``family`` names it in logs, metrics labels and the status message. ``real_rate`` is
+    how many model inputs per second a real-time source of the family makes: the per-device
+    rate limit (``--device-rate-margin``) is a multiple of it. The default, one input per
+    second, is that of the families with one input per message (text, series: a person or a
+    meter sending a message a second); HAR sets ``rate_hz / hop`` windows per second.
     """
 
     family: str
@@ -100,6 +104,7 @@ class Route:
     new_buffer: BufferFactory
     predictor: Predictor
     encode: Encoder
+    real_rate: float = 1.0
 
 
 def load_family_predictor(family: str, path: Any, max_batch: int) -> Predictor:

@@ -39,6 +39,7 @@ from stream.config import ConfigError, ServeConfig
 from stream.connection import BrokerConfig, connect, make_client
 from stream.engine import DeviceSink, InferenceWorker
 from stream.metrics import FamilyMetrics, ServiceMetrics
+from stream.ratelimit import RATE_LIMITED, RateLimit
 from stream.routes import (
     ROUTE_BUILDERS,
     PayloadError,
@@ -180,7 +181,7 @@ class Service:
                 queue_size=self.config.queue_size,
             )
             table = BufferTable(
-                self._buffer_factory(route, worker, fm),
+                self._buffer_factory(route, worker, fm, self._rate_limit(route)),
                 max_ids=self.config.max_devices,
                 ttl_s=self.config.idle_ttl,
                 on_evict=self._evict_hook(fm),
@@ -497,11 +498,31 @@ class Service:
 
     # ---------------------------------------------------------------- helpers
 
-    def _buffer_factory(self, route: Route, worker: InferenceWorker, fm: FamilyMetrics) -> Any:
+    def _buffer_factory(
+        self, route: Route, worker: InferenceWorker, fm: FamilyMetrics, limit: RateLimit | None
+    ) -> Any:
         def factory(device: str) -> Any:
-            return route.new_buffer(device, DeviceSink(device, worker, fm))
+            bucket = None if limit is None else limit.bucket(device)
+            return route.new_buffer(device, DeviceSink(device, worker, fm, bucket))
 
         return factory
+
+    def _rate_limit(self, route: Route) -> RateLimit | None:
+        """The route's per-device limit, None when ``--device-rate-margin`` is 0."""
+        if not self.config.device_rate_margin:
+            return None
+
+        def notify(device: str, message: str) -> None:
+            in_topic = contract.topic(self.prefix, device, route.suffix)
+            self._report(self._served[route.suffix], device, RATE_LIMITED, message, in_topic)
+
+        return RateLimit(
+            route.family,
+            route.real_rate,
+            self.config.device_rate_margin,
+            self.config.device_burst,
+            notify,
+        )
 
     def _evict_hook(self, fm: FamilyMetrics) -> Any:
         def on_evict(device: str, reason: str) -> None:

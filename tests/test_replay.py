@@ -80,11 +80,11 @@ def service(broker, har_predictor):
         yield svc
 
 
-def replay(broker, *args: str, tmp_path: Path) -> dict:
+def replay(broker, *args: str, tmp_path: Path, prefix: str = PREFIX, wait: float = 5) -> dict:
     out = tmp_path / "report.json"
     argv = ["replay", *args, "--broker", broker.url, "--mqtt-version", broker.mqtt_version]
-    argv += ["--prefix", PREFIX, "--quiet"]
-    argv += ["--json", str(out), "--wait", "5"]
+    argv += ["--prefix", prefix, "--quiet"]
+    argv += ["--json", str(out), "--wait", str(wait)]
     assert main(argv) == 0
     return json.loads(out.read_text())
 
@@ -106,6 +106,7 @@ def test_every_layout_replays_with_correct_counts(service, broker, tmp_path, wri
     assert report["samples_sent"] == N and report["messages_sent"] == N // 10
     assert sum(map(sum, report["confusion"])) == WINDOWS
     assert report["models"] == {"har-cnn@test": WINDOWS}
+    assert report["service_errors"] == {}  # the default limit lets a short replay through
 
 
 def test_fan_out_subjects_single_samples_and_binary(service, broker, tmp_path) -> None:
@@ -121,6 +122,35 @@ def test_fan_out_subjects_single_samples_and_binary(service, broker, tmp_path) -
         "--device-id", "bin", "--compare", tmp_path=tmp_path,
     )  # fmt: skip
     assert binary["windows_expected"] == binary["windows_received"] == 2 * WINDOWS
+
+
+def test_a_replay_faster_than_the_services_limit_is_told_so(broker, har_predictor, tmp_path):
+    from stream.config import ServeConfig
+    from stream.connection import broker_config
+    from stream.service import Service
+
+    cfg = broker_config(
+        {"broker": broker.url, "mqtt_version": broker.mqtt_version},
+        default_client_id="replay-limit-test-service",
+    )
+    # 1 window/s after a burst of 2: a --speed max replay of 5 windows loses some
+    config = ServeConfig(
+        broker=cfg,
+        families=["har"],
+        prefix="replaylimit",
+        max_batch=16,
+        device_rate_margin=1.0,
+        device_burst=2.0,
+    )
+    path = write_wisdm2019(tmp_path / "fast.txt", ("1675",))
+    with Service(config, predictors={"har": har_predictor}):
+        report = replay(
+            broker, str(path), "--speed", "max", "-k", "10", "--compare",
+            tmp_path=tmp_path, prefix="replaylimit", wait=1,
+        )  # fmt: skip
+    assert report["windows_expected"] == WINDOWS
+    assert 2 <= report["windows_received"] < WINDOWS
+    assert report["service_errors"] == {"rate_limited": 1}  # one notice per 10 s at most
 
 
 def test_speed_one_follows_the_recorded_time_and_max_does_not(service, broker, tmp_path) -> None:

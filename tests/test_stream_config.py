@@ -11,7 +11,7 @@ from stream import routes
 from stream.cli import config_from_args
 from stream.config import ConfigError, ServeConfig
 from stream.connection import BrokerConfig, broker_config, parse_broker_url
-from stream.service import build_routes
+from stream.service import Service, build_routes
 
 
 def serve_args(*argv: str) -> argparse.Namespace:
@@ -45,6 +45,8 @@ def test_flags_beat_environment_beat_toml(tmp_path):
         (["--ca-file", "/nonexistent.pem", "--broker", "mqtts://b"], {}, "", "does not exist"),
         (["--password", "p"], {}, "", "user name"),
         (["--prefix", "har/#"], {}, "", "prefix"),
+        (["--device-rate-margin", "-1"], {}, "", "device_rate_margin must be"),
+        ([], {"HARSTREAM_DEVICE_BURST": "0"}, "", "device_burst must be"),
     ],
 )
 def test_bad_settings_name_their_source(tmp_path, argv, env, toml, match):
@@ -109,6 +111,16 @@ def test_unavailable_family_fails_when_asked_and_is_skipped_by_default(monkeypat
     assert [r.family for r in built] == ["har"]
 
 
+def test_the_device_rate_limit_follows_its_options_and_the_hop(har_predictor):
+    cfg = config_from_args(serve_args("--device-rate-margin", "0", "--device-burst", "30"), {})
+    assert (cfg.device_rate_margin, cfg.device_burst) == (0.0, 30.0)
+    (route,) = build_routes(ServeConfig(families=["har"], hop=5), predictors={"har": har_predictor})
+    assert route.real_rate == 4.0  # a window every 5 samples at 20 Hz
+    assert Service(cfg)._rate_limit(route) is None  # 0 turns it off
+    limit = Service(ServeConfig(device_burst=30))._rate_limit(route)
+    assert (limit.rate, limit.capacity) == (25 * 4.0, 30 * 4.0)
+
+
 def test_serve_help_lists_every_flag(capsys):
     with pytest.raises(SystemExit):
         serve_args("--help")
@@ -126,6 +138,8 @@ def test_serve_help_lists_every_flag(capsys):
         "--ca-file",
         "--mqtt-version",
         "--password-file",
+        "--device-rate-margin",
+        "--device-burst",
     ):
         assert flag in out
     assert "process list" in out  # --password warns where a flag shows
