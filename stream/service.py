@@ -275,6 +275,10 @@ class Service:
         log.info("event=stopped clean=%s", clean)
         return clean
 
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Whether the service is subscribed (again, after a reconnect) within ``timeout``."""
+        return self._subscribed.wait(timeout)
+
     def request_stop(self) -> None:
         """Ask :meth:`wait` to return (safe from signal handlers)."""
         self._stop_requested.set()
@@ -319,6 +323,7 @@ class Service:
         if reason.is_failure:
             log.error("event=connect_refused broker=%s reason=%s", self.broker_config.url, reason)
             return
+        self._subscribed.clear()  # until the broker acknowledges the subscription below
         self.metrics.connects.inc()
         cfg = self.broker_config
         log.info("event=connected broker=%s session_present=%s", cfg.url, flags.session_present)
