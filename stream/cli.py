@@ -38,7 +38,9 @@ Settings come from flags, then HARSTREAM_* environment variables, then the TOML 
 Without --broker it uses 127.0.0.1:1883 and starts an embedded broker there when nothing
 listens (--no-embedded-broker turns that off). SIGINT/SIGTERM finish queued windows,
 save every device's partial window to --state-file, publish 'offline' and exit 0; the
-next start with the same --client-id restores them, so a planned restart loses nothing.
+next start with the same --client-id restores them, and the broker delivers what came
+meanwhile, so a planned restart loses no window (with a broker that queues for the
+persistent session, such as Mosquitto).
 """
 
 EPILOG = """\

@@ -13,7 +13,6 @@ import pytest
 from stream import state
 from stream.buffers import WindowBuffer
 from stream.codec import Samples
-from stream.config import default_state_file
 from stream.series_route import LastValues
 from stream.text_route import MessageBuffer
 
@@ -179,9 +178,3 @@ def test_a_bad_file_is_discarded_with_a_reason(tmp_path, caplog, data):
     with caplog.at_level(logging.WARNING, logger="stream.state"):
         assert state.load(path, max_age_s=300, client_id="c", prefix="p") is None
     assert "event=state_discarded" in caplog.text and not path.exists()
-
-
-def test_the_default_path_is_per_user_and_per_client_id():
-    env = {"XDG_STATE_HOME": "/x/state"}
-    assert str(default_state_file("serve-a/b", env)) == "/x/state/harstream/serve-a_b.state"
-    assert default_state_file("c", {}).parts[-4:] == (".local", "state", "harstream", "c.state")
