@@ -25,12 +25,16 @@ Time handling, per device:
 - The work of a message is bounded by its size: readings sparser than 5 Hz on average
   (which resampling would multiply into many grid points) are refused as ``out_of_range``,
   and the resampling loop is bounded by construction.
+
+:meth:`WindowBuffer.snapshot` / :meth:`WindowBuffer.restore` carry a buffer across a
+planned restart (see :mod:`stream.state`): a restored buffer cuts exactly the windows the
+original would have cut from the same further readings.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -151,6 +155,57 @@ class WindowBuffer:
                 f"{len(times)} readings spread over {spanned:.3g} s; readings must average "
                 f"at least {MIN_RATE_HZ:g} Hz",
             )
+
+    def layout(self) -> dict[str, Any]:
+        """What a snapshot must agree on to be restored here (window shape, hop, rate)."""
+        return {
+            "window": self._window,
+            "axes": self._x.shape[1],
+            "hop": self._hop,
+            "rate_hz": self._rate,
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the next windows depend on: the partial window's rows and stamps, the
+        grid anchor and index, the previous reading, the pending resampling bin, the timed
+        flag and the window counter. Arrays are copies; the rest is plain JSON values."""
+        n = self._n
+        return {
+            "layout": self.layout(),
+            "rows": self._x[:n].copy(),
+            "stamps": self._stamps[:n].copy(),
+            "seq": self._seq,
+            "timed": self._timed,
+            "prev_t": self._prev_t,
+            "prev": self._prev,
+            "anchor": self._anchor,
+            "k": self._k,
+            "bin": self._bin,
+            "bin_n": self._bin_n,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Take over a :meth:`snapshot`; ValueError if it was cut for another layout."""
+        saved, mine = dict(state["layout"]), self.layout()
+        if saved != mine:
+            raise ValueError(f"the saved window layout {saved} differs from this one {mine}")
+        rows = np.asarray(state["rows"], np.float32)
+        stamps = np.asarray(state["stamps"], np.float64)
+        n = len(rows)
+        if rows.shape != (n, mine["axes"]) or stamps.shape != (n,) or n >= self._window:
+            raise ValueError(f"a saved partial window of shape {rows.shape} does not fit")
+        prev, timed = state["prev"], state["timed"]
+        self._x[:n] = rows
+        self._stamps[:n] = stamps
+        self._n = n
+        self._seq = int(state["seq"])
+        self._timed = None if timed is None else bool(timed)
+        self._prev_t = None if state["prev_t"] is None else float(state["prev_t"])
+        self._prev = None if prev is None else [float(v) for v in prev]
+        self._anchor = float(state["anchor"])
+        self._k = int(state["k"])
+        self._bin = [float(v) for v in state["bin"]]
+        self._bin_n = int(state["bin_n"])
 
     def _on_grid(self, times: np.ndarray) -> bool:
         """Whether every reading falls on the next grid points, nothing pending in between:
@@ -310,6 +365,15 @@ class BufferTable:
             self._items.move_to_end(device_id)
             entry[1] = now
         return entry[0]
+
+    def entries(self) -> Iterator[tuple[str, Buffer, float]]:
+        """``(id, buffer, last seen)``, least recently seen first."""
+        for device_id, (buffer, seen) in self._items.items():
+            yield device_id, buffer, seen
+
+    def remove(self, device_id: str) -> None:
+        """Forget ``device_id`` (no eviction is reported)."""
+        self._items.pop(device_id, None)
 
     def evict_idle(self, now: float) -> int:
         """Drop ids not seen for ``ttl_s``; returns how many went."""

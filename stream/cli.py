@@ -9,12 +9,14 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 from stream.config import (
     SERVE_OPTIONS,
     ConfigError,
     ServeConfig,
     add_options,
+    default_state_file,
     load_toml,
     resolve,
     unknown_keys,
@@ -35,9 +37,14 @@ the service answers each 80-sample window on <prefix>/<id>/activity, reports bad
 Settings come from flags, then HARSTREAM_* environment variables, then the TOML file of
 --config (keys named like the flags: max_batch = 64), then the defaults shown.
 Without --broker it uses 127.0.0.1:1883 and starts an embedded broker there when nothing
-listens (--no-embedded-broker turns that off). SIGINT/SIGTERM finish queued windows,
-publish 'offline' and exit 0, within --stop-timeout seconds; exit 3 when work had to be
-abandoned then, 2 for an invalid configuration, 1 when the service cannot start.
+listens (--no-embedded-broker turns that off).
+
+SIGINT/SIGTERM finish queued windows, save every device's partial window to
+--state-file, publish 'offline' and exit 0; the next start with the same --client-id
+restores them and the broker delivers what came meanwhile, so a planned restart loses no
+window (with a broker that queues for the persistent session, such as Mosquitto). A stop
+takes at most --stop-timeout seconds. Exit status: 0 after a clean stop, 1 when the
+service cannot start, 2 for an invalid configuration, 3 when a stop had to abandon work.
 """
 
 EPILOG = """\
@@ -75,7 +82,10 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
         raise ConfigError(f"unknown keys in the config file: {', '.join(unknown)}")
     values = resolve(SERVE_OPTIONS, args, toml, env)
     broker = broker_config(args, default_client_id=default_client_id("serve"), toml=toml, env=env)
-    return ServeConfig(broker=broker, **values)
+    state_file = values.pop("state_file")
+    if state_file is None:
+        state_file = default_state_file(broker.client_id, env)
+    return ServeConfig(broker=broker, state_file=Path(state_file) if state_file else None, **values)
 
 
 class JsonFormatter(logging.Formatter):

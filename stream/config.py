@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -80,6 +81,15 @@ class Option:
                 if item not in self.choices:
                     raise ValueError(f"{item!r} is not one of {', '.join(self.choices)}")
         return out
+
+
+def default_state_file(client_id: str, env: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_STATE_HOME/harstream/<client id>.state`` (``~/.local/state`` without it); the
+    client id keeps services on one machine apart, as the state belongs to its MQTT session."""
+    env = os.environ if env is None else env
+    base = Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", client_id).lstrip(".") or "harstream"
+    return base / "harstream" / f"{safe}.state"
 
 
 def add_options(parser: argparse._ActionsContainer, options: Sequence[Option]) -> None:
@@ -241,6 +251,22 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "longest a stop (SIGTERM) may take; work still running then is abandoned (exit 3)",
         "SECONDS",
     ),
+    Option(
+        "state_file",
+        "str",
+        None,
+        "where a stop saves every device's partial window and a start restores it, so a "
+        "planned restart loses no window (default: $XDG_STATE_HOME/harstream/<client-id>"
+        ".state, else ~/.local/state/harstream/<client-id>.state; '' turns it off)",
+        "PATH",
+    ),
+    Option(
+        "state_max_age",
+        "float",
+        300.0,
+        "discard a state file older than this at start (its readings are long gone)",
+        "SECONDS",
+    ),
     Option("log_json", "bool", False, "log one JSON object per line"),
 )
 
@@ -250,6 +276,8 @@ class ServeConfig:
     """Settings of one ``harstream serve`` instance (see :data:`SERVE_OPTIONS` for meanings).
 
     ``broker`` is a :class:`stream.connection.BrokerConfig`; None means the local default.
+    ``state_file`` None saves no state (in-process services, tests); ``harstream serve``
+    fills in the per-user default path unless it is given as ''.
     """
 
     broker: Any = None
@@ -276,6 +304,8 @@ class ServeConfig:
     connect_timeout: float = 30.0
     slow_handler_ms: float = 250.0
     stop_timeout: float = 30.0
+    state_file: Path | None = None
+    state_max_age: float = 300.0
     log_json: bool = False
 
     def __post_init__(self) -> None:
@@ -301,6 +331,7 @@ class ServeConfig:
             (self.connect_timeout > 0, "connect_timeout must be > 0"),
             (self.slow_handler_ms > 0, f"slow_handler_ms must be > 0, got {self.slow_handler_ms}"),
             (self.stop_timeout > 0, f"stop_timeout must be > 0, got {self.stop_timeout}"),
+            (self.state_max_age > 0, f"state_max_age must be > 0, got {self.state_max_age}"),
         ]
         for ok, message in checks:
             if not ok:

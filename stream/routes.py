@@ -24,6 +24,8 @@ Contract for the pieces (all run on the MQTT network thread except ``encode``):
   the predictor's ``item_shape``, owned by the engine afterwards; ``info`` anything the
   encoder needs, e.g. window times and a sequence number) and ``sink.drop(reason, n)`` for
   input it dropped on purpose (out-of-order, duplicate, ...). It may raise PayloadError too.
+  A buffer that holds state worth keeping across a planned restart also implements
+  :class:`Restorable` (``snapshot`` / ``restore``).
 - ``predictor`` is a :class:`models.predictor.Predictor` (bucketed jit, pre-compiled).
 - ``encode(id, info, probs, predictor, latency_ms) -> bytes`` builds the output payload
   from one row of the predictor's output; it runs on the inference worker thread.
@@ -36,9 +38,9 @@ it with the same batching engine, metrics, error reporting and lifecycle.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -79,6 +81,20 @@ class Buffer(Protocol):
     """Per-id state between messages (a ring buffer, the last k values, or nothing)."""
 
     def push(self, value: Any, wall: float, mono: float) -> int: ...
+
+
+@runtime_checkable
+class Restorable(Protocol):
+    """A buffer whose state survives a planned restart (saved by :mod:`stream.state`).
+
+    ``snapshot()`` returns plain JSON values and numpy float arrays; ``restore(snapshot)``
+    on a fresh buffer of the same route makes it behave exactly like the saved one, or
+    raises ValueError (e.g. the snapshot was taken with another window layout).
+    """
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def restore(self, state: Mapping[str, Any]) -> None: ...
 
 
 Decoder = Callable[[bytes, "str | None"], Any]

@@ -10,6 +10,7 @@ it follows.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -81,6 +82,19 @@ class LastValues:
             info = (self._seq, wall if t is None else t)
             self._sink.emit(np.asarray(self._values, np.float32), info, mono)
         return len(values)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"k": self._k, "values": np.asarray(self._values, np.float64), "seq": self._seq}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        if int(state["k"]) != self._k:
+            raise ValueError(f"the saved streams keep {state['k']} values, this model {self._k}")
+        values = np.asarray(state["values"], np.float64)
+        if values.ndim != 1 or len(values) > self._k:
+            raise ValueError(f"{values.shape} saved values do not fit in {self._k}")
+        self._values.clear()
+        self._values.extend(values.tolist())
+        self._seq = int(state["seq"])
 
 
 def build(config: Any, predictor: Any = None) -> Route:

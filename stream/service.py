@@ -6,9 +6,10 @@
 Lifecycle:
 
 - start: build the routes (loading and pre-compiling models), start an embedded broker if
-  none is configured or listening, connect with a persistent session and a stable client
-  id, subscribe QoS 1 to ``<prefix>/+/<suffix>`` of every route, publish the retained
-  ``online`` status (the ``offline`` one is the last will);
+  none is configured or listening, restore the buffers saved by the last stop (and delete
+  that file), connect with a persistent session and a stable client id, subscribe QoS 1
+  to ``<prefix>/+/<suffix>`` of every route, publish the retained ``online`` status (the
+  ``offline`` one is the last will);
 - messages: ``on_message`` decodes and appends to the id's buffer, nothing more; ready
   inputs go to the route's inference worker. Messages are acknowledged after that, so
   on shutdown the ones not taken are redelivered to the next session;
@@ -16,7 +17,11 @@ Lifecycle:
   ``online`` again; buffers stay; a broker that lost the session is logged
   (``event=session_lost``) and counted (``harstream_sessions_lost_total``);
 - stop: stop taking messages (unacknowledged ones stay with the broker), finish and
-  publish every queued window, publish ``offline``, disconnect (keeping the session).
+  publish every queued window, save every buffer (:mod:`stream.state`), publish
+  ``offline``, disconnect (keeping the session). Saved buffers plus the readings the broker
+  kept give the next session exactly the windows an uninterrupted service would have cut.
+  A crash saves nothing: acknowledged readings still in a buffer or a queued window are
+  lost (see :meth:`Service._restore_state`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import orjson
 import paho.mqtt.client as mqtt
 
 from models.runtime import default_inference_threads, set_cpu_threads
-from stream import contract
+from stream import contract, state
 from stream.broker import EmbeddedBroker, is_listening
 from stream.buffers import BufferTable
 from stream.codec import error_payload
@@ -43,6 +48,7 @@ from stream.ratelimit import RATE_LIMITED, RateLimit
 from stream.routes import (
     ROUTE_BUILDERS,
     PayloadError,
+    Restorable,
     Route,
     RouteUnavailable,
     build_route,
@@ -188,6 +194,7 @@ class Service:
             )
             self._served[route.suffix] = _Served(route, worker, table, fm)
             worker.start()
+        self._restore_state()
         self._client = make_client(
             cfg,
             persistent=True,
@@ -236,6 +243,7 @@ class Service:
         timeout = self.config.stop_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         clean = True
+        abandoned = None  # the topic of a stuck handler's message
         # A message being handled now is acknowledged before we go on, unless its handler
         # is stuck: then stop without it.
         if self._handling.acquire(timeout=min(HANDLER_GRACE_S, timeout)):
@@ -245,6 +253,7 @@ class Service:
             self._closing = True
             clean = False
             topic, running_s = self._watch.running() or ("?", 0.0)
+            abandoned = topic
             log.error(
                 "event=handler_abandoned topic=%r running_s=%.1f: a message handler did not "
                 "finish; stopping without it (its message stays unacknowledged)",
@@ -255,6 +264,7 @@ class Service:
             if not served.worker.stop(max(0.1, deadline - time.monotonic())):
                 clean = False
                 log.error("event=windows_abandoned family=%s", served.route.family)
+        self._save_state(skip=abandoned)
         client = self._client
         if client is not None and client.is_connected():
             info = client.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
@@ -499,6 +509,101 @@ class Service:
                 topic,
                 mqtt.error_string(rc),
                 self._publish_failures,
+            )
+
+    # ---------------------------------------------------------------- state across restarts
+
+    def _save_state(self, skip: str | None = None) -> None:
+        """Save every restorable buffer; called once no message is handled any more, except
+        the stuck handler of the message on topic ``skip``, whose device is left out (its
+        buffer may be half updated)."""
+        path = self.config.state_file
+        if path is None:
+            return
+        stuck = skip[len(self._prefix_slash) :].partition("/") if skip else ("", "", "")
+        now = time.perf_counter()
+        families = {}
+        for served in self._served.values():
+            devices = [
+                state.DeviceState(device, now - seen, buffer.snapshot())
+                for device, buffer, seen in served.table.entries()
+                if isinstance(buffer, Restorable)
+                and (device, served.route.suffix) != (stuck[0], stuck[2])
+            ]
+            families[served.route.family] = state.FamilyState(served.route.predictor.tag, devices)
+        saved = state.SavedState(self.broker_config.client_id, self.prefix, time.time(), families)
+        try:
+            size = state.save(path, saved)
+        except OSError as exc:
+            log.error("event=state_not_saved path=%s error=%s", path, exc)
+            return
+        log.info(
+            "event=state_saved path=%s bytes=%d devices=%s",
+            path,
+            size,
+            ",".join(f"{f}:{len(fam.devices)}" for f, fam in families.items()),
+        )
+
+    def _restore_state(self) -> None:
+        """Restore the buffers the last stop saved, before subscribing (so that the readings
+        the broker kept meanwhile continue them), as recently seen as they were then.
+
+        The file is deleted here, restored or not: after a crash (kill -9, power loss)
+        nothing was saved, so the next start begins with empty buffers, and the readings
+        the crashed service had acknowledged (the partial windows, and the windows waiting
+        for inference) are lost; unacknowledged ones are redelivered.
+        """
+        path = self.config.state_file
+        if path is None:
+            return
+        saved = state.load(
+            path,
+            max_age_s=self.config.state_max_age,
+            client_id=self.broker_config.client_id,
+            prefix=self.prefix,
+        )
+        if saved is None:
+            return
+        by_family = {s.route.family: s for s in self._served.values()}
+        # idle times go on counting while the service was down, for idle eviction
+        down = max(0.0, time.time() - saved.saved_at)
+        now = time.perf_counter()
+        for family, fam in saved.families.items():
+            served = by_family.get(family)
+            if served is None:
+                log.info("event=state_discarded family=%s reason='family not served'", family)
+                continue
+            tag = served.route.predictor.tag
+            if fam.model != tag:
+                log.info(
+                    "event=state_model_changed family=%s saved=%s now=%s", family, fam.model, tag
+                )
+            restored, failed, reason = 0, 0, ""
+            for device, idle_s, snapshot in fam.devices:
+                buffer = served.table.get(device, now - idle_s - down)
+                try:
+                    if not isinstance(buffer, Restorable):
+                        raise TypeError(f"{type(buffer).__name__} keeps no state")
+                    buffer.restore(snapshot)
+                except (ValueError, TypeError, KeyError) as exc:
+                    served.table.remove(device)
+                    failed += 1
+                    reason = reason or f"{type(exc).__name__}: {exc}"
+                    continue
+                restored += 1
+            served.metrics.devices.set(len(served.table))
+            if failed:
+                log.warning(
+                    "event=state_discarded family=%s devices=%d reason=%r",
+                    family,
+                    failed,
+                    reason,
+                )
+            log.info(
+                "event=state_restored family=%s devices=%d saved_s_ago=%.1f",
+                family,
+                restored,
+                down,
             )
 
     # ---------------------------------------------------------------- helpers

@@ -1,13 +1,15 @@
 """The text route: ``<prefix>/<id>/text`` messages -> ``<prefix>/<id>/text/class``.
 
 A payload is the message itself as UTF-8 text, or JSON ``{"text": "..."}``. Every message
-is classified on its own, so the per-id "buffer" holds nothing: it tokenizes (cheap string
-work on the MQTT thread, with the checkpoint's vocabulary) and hands the ids on; the
-engine batches messages from all ids into one jitted call like HAR windows.
+is classified on its own, so the per-id "buffer" holds only its message counter (``seq``,
+kept across planned restarts): it tokenizes (cheap string work on the MQTT thread, with
+the checkpoint's vocabulary) and hands the ids on; the engine batches messages from all
+ids into one jitted call like HAR windows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -49,7 +51,7 @@ def decode_text(payload: bytes, content_type: str | None = None) -> str:
 
 
 class MessageBuffer:
-    """Per-id state of the text route: none; each message is one model input."""
+    """Per-id state of the text route: the message counter; each message is one model input."""
 
     __slots__ = ("_sink", "_encode", "_seq")
 
@@ -62,6 +64,12 @@ class MessageBuffer:
         self._seq += 1
         self._sink.emit(self._encode(value), self._seq, mono)
         return 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"seq": self._seq}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self._seq = int(state["seq"])
 
 
 def build(config: Any, predictor: Any = None) -> Route:

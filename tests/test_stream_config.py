@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
 from harstream.cli import build_parser
 from stream import routes
 from stream.cli import config_from_args
-from stream.config import ConfigError, ServeConfig
+from stream.config import ConfigError, ServeConfig, default_state_file
 from stream.connection import BrokerConfig, broker_config, parse_broker_url
 from stream.service import Service, build_routes
 
@@ -30,6 +31,20 @@ def test_flags_beat_environment_beat_toml(tmp_path):
     assert cfg.broker.explicit is False and cfg.broker.client_id.startswith("harstream-serve-")
 
 
+def test_the_state_file_defaults_to_a_per_user_path_and_empty_turns_it_off(tmp_path):
+    env = {"XDG_STATE_HOME": str(tmp_path)}
+    cfg = config_from_args(serve_args("--client-id", "svc/1"), env)
+    assert cfg.state_file == tmp_path / "harstream" / "svc_1.state"
+    assert cfg.state_max_age == 300.0
+    assert config_from_args(serve_args("--state-file", ""), env).state_file is None
+    assert config_from_args(serve_args(), {**env, "HARSTREAM_STATE_FILE": ""}).state_file is None
+    cfg = config_from_args(serve_args("--state-file", "s.state", "--state-max-age", "60"), env)
+    assert (cfg.state_file, cfg.state_max_age) == (Path("s.state"), 60.0)
+    home = default_state_file("c", {}).parts[-4:]
+    assert home == (".local", "state", "harstream", "c.state")
+    assert ServeConfig().state_file is None  # in-process services save nothing unless asked
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "toml", "match"),
     [
@@ -47,6 +62,7 @@ def test_flags_beat_environment_beat_toml(tmp_path):
         (["--prefix", "har/#"], {}, "", "prefix"),
         (["--device-rate-margin", "-1"], {}, "", "device_rate_margin must be"),
         ([], {"HARSTREAM_DEVICE_BURST": "0"}, "", "device_burst must be"),
+        (["--state-max-age", "0"], {}, "", "state_max_age must be"),
     ],
 )
 def test_bad_settings_name_their_source(tmp_path, argv, env, toml, match):

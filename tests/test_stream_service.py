@@ -258,9 +258,17 @@ def test_embedded_broker_starts_when_nothing_listens(har_predictor, prefix):
     assert not is_listening("127.0.0.1", port)
 
 
-def test_sigterm_publishes_offline_and_exits_zero(broker, har_model_path, prefix):
-    watcher = Client(broker.host, broker.port, prefix, broker.mqtt_version)
-    env = {**os.environ, "HARSTREAM_MAX_BATCH": "1", "PYTHONUNBUFFERED": "1"}
+def _serve_process(
+    broker, model_path: Path, prefix: str, state_home: Path, *extra: str
+) -> subprocess.Popen:
+    """``harstream serve`` as a subprocess on ``broker`` (client id ``serve-<prefix>``), its
+    default state file under ``state_home`` (never the real home directory)."""
+    env = {
+        **os.environ,
+        "HARSTREAM_MAX_BATCH": "1",
+        "PYTHONUNBUFFERED": "1",
+        "XDG_STATE_HOME": str(state_home),
+    }
     cmd = [
         sys.executable,
         "-m",
@@ -271,15 +279,21 @@ def test_sigterm_publishes_offline_and_exits_zero(broker, har_model_path, prefix
         "--mqtt-version",
         broker.mqtt_version,
         "--model",
-        str(har_model_path),
+        str(model_path),
         "--prefix",
         prefix,
         "--client-id",
         f"serve-{prefix}",
         "--families",
         "har",
+        *extra,
     ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_publishes_offline_and_exits_zero(broker, har_model_path, prefix, tmp_path):
+    watcher = Client(broker.host, broker.port, prefix, broker.mqtt_version)
+    proc = _serve_process(broker, har_model_path, prefix, tmp_path)
     try:
         online = watcher.wait_for("service", 1, "status")[0]
         assert online["status"] == "online"
@@ -296,6 +310,143 @@ def test_sigterm_publishes_offline_and_exits_zero(broker, har_model_path, prefix
     statuses = watcher.wait_for("service", 2, "status")
     assert statuses[-1]["status"] == "offline"
     watcher.close()
+    assert (tmp_path / "harstream" / f"serve-{prefix}.state").is_file()  # the default path
+
+
+class Streamer:
+    """Devices that each publish one reading (timestamps at 20 Hz) every ``interval`` seconds
+    until :meth:`stop`, which returns how many readings each one sent."""
+
+    def __init__(self, client: Client, devices: list[str], interval: float) -> None:
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(client, devices, interval), daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, client: Client, devices: list[str], interval: float) -> None:
+        while not self._stop.is_set():
+            for d in devices:
+                client.samples(d, self.sent, 1)
+            self.sent += 1
+            time.sleep(interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(WAIT)
+        return self.sent
+
+
+def assert_every_window_once(client: Client, devices: list[str], sent: int) -> int:
+    """Every window of ``sent`` readings per device (hop 20) predicted exactly once."""
+    expected = (sent - 80) // 20 + 1
+    for d in devices:
+        client.wait_for(d, expected)
+    client.settle()
+    for d in devices:
+        preds = client.json_of(d)
+        assert sorted(p["seq"] for p in preds) == list(range(1, expected + 1)), d
+        starts = sorted(p["window"]["start"] for p in preds)
+        assert starts == [T0 + k for k in range(expected)], f"{d}: a window is missing"
+    return expected
+
+
+def _wait_until(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_planned_restart_predicts_every_window_exactly_once(broker, serve, device, tmp_path):
+    if broker.kind == "amqtt":
+        pytest.skip("amqtt keeps no messages for an anonymous client while it is away")
+    path = tmp_path / "serve.state"
+    devices = [f"cont-{i}" for i in range(5)]
+    first = serve(state_file=path)
+    streamer = Streamer(device, devices, 0.005)
+    try:
+        _wait_until(
+            lambda: first.metrics.value("harstream_predictions_total", family="har") >= 10,
+            "the first predictions",
+        )
+        first.stop()  # mid-window for every device: each has a partial window to carry over
+        assert path.is_file()
+        time.sleep(0.3)  # devices keep publishing while no service runs
+        second = serve(state_file=path)
+        assert not path.exists(), "the state file must be consumed at start"
+        assert len(second._served["accel"].table) == len(devices)
+        _wait_until(
+            lambda: second.metrics.value("harstream_samples_total", family="har") >= 500,
+            "readings after the restart",
+        )
+    finally:
+        sent = streamer.stop()
+    assert_every_window_once(device, devices, sent)
+    received = sum(
+        s.metrics.value("harstream_samples_total", family="har") for s in (first, second)
+    )
+    assert received == sent * len(devices)
+
+
+def test_restored_buffers_count_toward_max_devices(serve, device, tmp_path):
+    path = tmp_path / "serve.state"
+    first = serve(state_file=path)
+    for i in range(5):
+        device.samples(f"few-{i}", 0, 30)  # partial windows only, few-4 seen last
+    _wait_until(
+        lambda: first.metrics.value("harstream_samples_total", family="har") == 150, "readings"
+    )
+    first.stop()
+    second = serve(state_file=path, max_devices=3)
+    kept = [d for d, _buffer, _seen in second._served["accel"].table.entries()]
+    assert kept == ["few-2", "few-3", "few-4"]
+    assert second.metrics.value("harstream_evictions_total", family="har", reason="capacity") == 2
+
+
+def test_sigterm_restart_of_the_process_predicts_every_window(
+    broker, har_model_path, prefix, tmp_path
+):
+    if broker.kind == "amqtt":
+        pytest.skip("amqtt keeps no messages for an anonymous client while it is away")
+    path = tmp_path / "serve.state"
+    watcher = Client(broker.host, broker.port, prefix, broker.mqtt_version)
+    devices = [f"proc-{i}" for i in range(3)]
+    procs = []
+    streamer = None
+    try:
+        procs.append(
+            _serve_process(broker, har_model_path, prefix, tmp_path, "--state-file", str(path))
+        )
+        watcher.wait_for("service", 1, "status")
+        streamer = Streamer(watcher, devices, 0.01)
+        watcher.wait_for(devices[0], 3)
+        procs[0].send_signal(signal.SIGTERM)
+        _, stderr = procs[0].communicate(timeout=60)
+        assert procs[0].returncode == 0, stderr[-2000:]
+        assert "event=state_saved" in stderr and path.is_file()
+        procs.append(
+            _serve_process(broker, har_model_path, prefix, tmp_path, "--state-file", str(path))
+        )
+        statuses = watcher.wait_for("service", 3, "status")  # online, offline, online
+        assert statuses[-1]["status"] == "online"
+        assert not path.exists()
+        done = len(watcher.json_of(devices[0]))
+        watcher.wait_for(devices[0], done + 3)
+        sent = streamer.stop()
+        assert_every_window_once(watcher, devices, sent)
+        procs[1].send_signal(signal.SIGTERM)
+        _, stderr = procs[1].communicate(timeout=60)
+        assert "event=state_restored family=har devices=3" in stderr
+    finally:
+        if streamer is not None:
+            streamer.stop()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        watcher.close()
 
 
 def test_unreachable_broker_fails_clearly(har_predictor):

@@ -111,6 +111,8 @@ class ServiceProcess:
             self.client_id,
             "--session-expiry",
             "1",
+            "--state-file",
+            "",  # a one-off client id per run: no state worth keeping, no file left behind
             "--no-embedded-broker",
             *_broker_argv(broker),
             *args,
