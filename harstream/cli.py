@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from harstream import __version__
 
 AREAS = (
-    "stream.cli",
-    "models.har_cli",
-    "models.text_cli",
-    "models.series_cli",
-    "replay.cli",
+    "harstream.stream.cli",
+    "harstream.models.har_cli",
+    "harstream.models.text_cli",
+    "harstream.models.series_cli",
+    "harstream.replay.cli",
     "harstream.bench.cli",
 )
 GROUPS = {
@@ -45,14 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in GROUPS.items():
         sub = top.add_parser(name, help=help_text, description=help_text.capitalize() + ".")
         groups[name] = sub.add_subparsers(dest="target", metavar="FAMILY", required=True)
-    for area in AREAS:
-        try:
-            module = importlib.import_module(area)
-        except ModuleNotFoundError as exc:
-            if exc.name != area:
-                raise
-            continue  # an area not yet present in this checkout
-        module.register(groups)
+    for area in AREAS:  # an area that fails to import is an error, never a missing command
+        importlib.import_module(area).register(groups)
     return parser
 
 

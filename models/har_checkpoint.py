@@ -7,10 +7,9 @@ from typing import Any
 
 import jax
 import numpy as np
-
-from models import checkpoint, har
-from models.predictor import Predictor
-from models.windows import AXES, RATE_HZ, WINDOW
+from harstream.models import checkpoint, har
+from harstream.models.predictor import Predictor
+from harstream.models.windows import AXES, RATE_HZ, WINDOW
 
 
 def save(

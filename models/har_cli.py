@@ -28,7 +28,7 @@ def _val_subjects(text: str) -> list[str]:
 
 def register(groups: dict[str, Any]) -> None:
     """Add ``train har``, ``evaluate har`` and ``summary``."""
-    from models.windows import DEFAULT_HOP
+    from harstream.models.windows import DEFAULT_HOP
 
     train = groups["train"].add_parser(
         "har",
@@ -205,8 +205,8 @@ def register(groups: dict[str, Any]) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from models.data import DataError
-    from models.har_training import (
+    from harstream.models.data import DataError
+    from harstream.models.har_training import (
         HarTrainConfig,
         cross_validate_har,
         train_baseline_report,
@@ -278,17 +278,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: dict[str, Any], title: str) -> None:
-    from models.metrics import format_report
+    from harstream.models.metrics import format_report
 
     print(f"\n{title}")
     print(format_report(report))
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from models.checkpoint import CheckpointError
-    from models.data import DataError
-    from models.har_training import evaluate_har
-    from models.metrics import save_confusion_png, write_json
+    from harstream.models.checkpoint import CheckpointError
+    from harstream.models.data import DataError
+    from harstream.models.har_training import evaluate_har
+    from harstream.models.metrics import save_confusion_png, write_json
 
     try:
         report, subjects, meta = evaluate_har(
@@ -317,10 +317,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _summary(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
-
-    from models import har
-    from models.summary import summarize
-    from models.windows import AXES, WINDOW
+    from harstream.models import har
+    from harstream.models.summary import summarize
+    from harstream.models.windows import AXES, WINDOW
 
     model = har.build(args.arch, {"num_classes": 6})
     example = jax.ShapeDtypeStruct((1, WINDOW, AXES), jnp.float32)

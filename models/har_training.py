@@ -21,10 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from models import har
-from models.data import WISDM2019_ACTIVITIES, WISDM_V11_ACTIVITIES, LoadReport, load_recordings
-from models.windows import DEFAULT_HOP, WINDOW, Windows, make_windows
+from harstream.models import har
+from harstream.models.data import (
+    WISDM2019_ACTIVITIES,
+    WISDM_V11_ACTIVITIES,
+    LoadReport,
+    load_recordings,
+)
+from harstream.models.windows import DEFAULT_HOP, WINDOW, Windows, make_windows
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +278,7 @@ def _fit_split(
     fixed number of epochs and keep the last (or averaged) weights."""
     import jax
     import optax
-
-    from models import training
+    from harstream.models import training
 
     index = {c: i for i, c in enumerate(classes)}
     parts = {name: windows.of_subjects(getattr(split, name)) for name in ("train", "val", "test")}
@@ -336,8 +339,7 @@ def _fit_split(
 def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Train, test on held-out subjects, save the checkpoint and curves; return its metadata."""
     import jax
-
-    from models import har_checkpoint, metrics, training
+    from harstream.models import har_checkpoint, metrics, training
 
     _check_config(config)
     dataset = load_windows(config.data, config.hop)
@@ -412,7 +414,7 @@ def cross_validate_har(
     stopping), so the mean validation curve shows how many epochs to train the final model.
     The CNN/LSTM or the feature baseline (``config.model == "baseline"``); writes ``cv.json``.
     """
-    from models import metrics
+    from harstream.models import metrics
 
     if config.model != "baseline":
         _check_config(config)
@@ -426,7 +428,7 @@ def cross_validate_har(
         fold = Split(train=[s for s in pool if s not in group], val=group, test=[])
         log.info("fold %d/%d: validation subjects %s", i + 1, folds, group)
         if config.model == "baseline":
-            from models import baseline
+            from harstream.models import baseline
 
             train_w, val_w = windows.of_subjects(fold.train), windows.of_subjects(fold.val)
             model, _ = baseline.train_baseline(train_w.x, train_w.labels, seed=config.seed)
@@ -491,8 +493,7 @@ def evaluate_har(
     set (a serving ``Predictor`` would compile every bucket).
     """
     import jax
-
-    from models import har_checkpoint, metrics, registry, training
+    from harstream.models import har_checkpoint, metrics, registry, training
 
     path = checkpoint_path or registry.default_checkpoint("har")
     model, params, meta = har_checkpoint.load(path)
@@ -527,7 +528,7 @@ def evaluate_har(
 def train_baseline_report(config: HarTrainConfig, out: str | Path) -> dict[str, Any]:
     """Fit the feature baseline on the training subjects of the same split as ``train_har``
     and score it on the test subjects; write ``report.json`` and a confusion PNG to ``out``."""
-    from models import baseline, metrics
+    from harstream.models import baseline, metrics
 
     dataset = load_windows(config.data, config.hop)
     windows = dataset.windows

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from models import series
-from models.series_training import global_normalization, train
+from harstream.models import series
+from harstream.models.series_training import global_normalization, train
 
 SHORT_LAG_WEIGHTS = (1.0, 0.5, 0.2, 0.1)
 LONG_LAGS = (20, 50)
@@ -143,7 +142,7 @@ def table(cases: list[Case]) -> str:
 
 def plot(cases: list[Case], path: str | Path) -> Path:
     """Prediction errors on the test rows, one panel per data set (like the article's plot)."""
-    from models.figures import pyplot, save_figure
+    from harstream.models.figures import pyplot, save_figure
 
     plt = pyplot()
 

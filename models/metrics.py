@@ -115,7 +115,7 @@ def save_confusion_png(
     report: dict[str, Any], classes: Sequence[str], path: str | Path, title: str = ""
 ) -> Path:
     """Draw the confusion matrix (counts, row-normalised colours) to a PNG file."""
-    from models.figures import pyplot, save_figure
+    from harstream.models.figures import pyplot, save_figure
 
     plt = pyplot()
 

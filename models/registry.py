@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from models.checkpoint import CheckpointError, load_meta
-from models.predictor import Predictor
+from harstream.models.checkpoint import CheckpointError, load_meta
+from harstream.models.predictor import Predictor
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_CHECKPOINTS = {
@@ -19,9 +19,9 @@ DEFAULT_CHECKPOINTS = {
     "series": WEIGHTS_DIR / "series-lstm",
 }
 FAMILY_MODULES = {
-    "har": "models.har_checkpoint",
-    "text": "models.text_checkpoint",
-    "series": "models.series_checkpoint",
+    "har": "harstream.models.har_checkpoint",
+    "text": "harstream.models.text_checkpoint",
+    "series": "harstream.models.series_checkpoint",
 }
 
 

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
-
-from models import checkpoint, series
-from models.predictor import Predictor
+from harstream.models import checkpoint, series
+from harstream.models.predictor import Predictor
 
 GLOBAL_KEYS = ("x_mean", "x_std", "y_mean", "y_std")
 

@@ -54,7 +54,7 @@ def register(groups: dict[str, Any]) -> None:
 
 
 def _lag(args: argparse.Namespace) -> int:
-    from models import lag_experiment
+    from harstream.models import lag_experiment
 
     if any(lag < 1 for lag in args.lags):
         log.error("lags must be positive, got %s", args.lags)
@@ -74,7 +74,7 @@ def _lag(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from models.series_forecaster import SeriesTrainConfig, train_forecaster
+    from harstream.models.series_forecaster import SeriesTrainConfig, train_forecaster
 
     config = SeriesTrainConfig(
         data=args.data,

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from models import series, series_data
+from harstream.models import series, series_data
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +71,8 @@ def train_forecaster(
 ) -> dict[str, Any]:
     """Train, test against the naive forecast, save the checkpoint and curves."""
     import jax
-
-    from models import series_checkpoint, training
-    from models.series_training import global_normalization, train
+    from harstream.models import series_checkpoint, training
+    from harstream.models.series_training import global_normalization, train
 
     if config.model not in MODELS:
         raise ValueError(f"unknown model {config.model!r}; expected one of {sorted(MODELS)}")

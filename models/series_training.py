@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
-from models import series, training
+from harstream.models import series, training
 
 
 def global_normalization(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:

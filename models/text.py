@@ -15,8 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from models.text_prep import PAD_ID
+from harstream.models.text_prep import PAD_ID
 
 
 def _embed(ids: jax.Array, vocab_size: int, dim: int) -> jax.Array:

@@ -13,9 +13,8 @@ from typing import Any
 
 import jax
 import numpy as np
-
-from models import checkpoint, text, text_prep
-from models.predictor import Predictor
+from harstream.models import checkpoint, text, text_prep
+from harstream.models.predictor import Predictor
 
 
 def save(

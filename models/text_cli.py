@@ -66,7 +66,7 @@ def register(groups: dict[str, Any]) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from models.text_training import TextTrainConfig, train_text
+    from harstream.models.text_training import TextTrainConfig, train_text
 
     config = TextTrainConfig(
         data=args.data,
@@ -106,9 +106,9 @@ def _print_comparison(meta: dict[str, Any]) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from models import metrics
-    from models.checkpoint import CheckpointError
-    from models.text_training import evaluate_checkpoint
+    from harstream.models import metrics
+    from harstream.models.checkpoint import CheckpointError
+    from harstream.models.text_training import evaluate_checkpoint
 
     try:
         report, meta = evaluate_checkpoint(args.model, args.data, held_out_only=args.held_out)

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from models import text, text_prep
+from harstream.models import text, text_prep
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +86,8 @@ def stratified_split(
 
 def text_report(y_true: Any, y_pred: Any, classes: Sequence[str]) -> dict[str, Any]:
     """The shared classification report plus the Matthews correlation and message count."""
+    from harstream.models import metrics
     from sklearn.metrics import matthews_corrcoef
-
-    from models import metrics
 
     report = metrics.classification_report(y_true, y_pred, classes)
     report["mcc"] = float(matthews_corrcoef(np.asarray(y_true), np.asarray(y_pred)))
@@ -154,8 +152,7 @@ def train_text(
     """Train, test on held-out messages, fit the baselines, save checkpoint and curves."""
     import jax
     import optax
-
-    from models import glove, text_checkpoint, training
+    from harstream.models import glove, text_checkpoint, training
 
     if config.model not in text.CLI_NAMES:
         raise ValueError(
@@ -304,9 +301,8 @@ def evaluate_checkpoint(
     ``held_out_only`` keeps just the test messages of the model's own split.
     """
     import jax
-
-    from models import text_checkpoint, training
-    from models.registry import default_checkpoint
+    from harstream.models import text_checkpoint, training
+    from harstream.models.registry import default_checkpoint
 
     model, params, meta = text_checkpoint.load(path or default_checkpoint("text"))
     texts, labels = text_prep.read_labelled_texts(data)

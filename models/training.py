@@ -251,7 +251,7 @@ def save_curves(
     history: Sequence[dict[str, float]], path: str | Path, title: str = "", best_epoch: int = 0
 ) -> Path:
     """Plot training and validation curves: loss, then each metric with a ``val_`` twin."""
-    from models.figures import pyplot, save_figure
+    from harstream.models.figures import pyplot, save_figure
 
     plt = pyplot()
 

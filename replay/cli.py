@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from stream.config import SERVE_OPTIONS, Option, add_options
-from stream.connection import add_broker_arguments
+from harstream.stream.config import SERVE_OPTIONS, Option, add_options
+from harstream.stream.connection import add_broker_arguments
 
 FORMATTER = argparse.RawDescriptionHelpFormatter
 
@@ -183,7 +183,7 @@ def register(groups: dict[str, Any]) -> None:
     _add_publishing(replay, default_k=1)
     _add_scoring(replay, optional=True)
     _add_connection(replay)
-    replay.set_defaults(func=_run("replay.commands", "run_replay"))
+    replay.set_defaults(func=_run("harstream.replay.commands", "run_replay"))
 
     simulate = top.add_parser(
         "simulate",
@@ -202,7 +202,7 @@ def register(groups: dict[str, Any]) -> None:
     _add_publishing(simulate, default_k=1)
     _add_scoring(simulate, optional=False)
     _add_connection(simulate)
-    simulate.set_defaults(func=_run("replay.commands", "run_simulate"))
+    simulate.set_defaults(func=_run("harstream.replay.commands", "run_simulate"))
 
     demo = top.add_parser(
         "demo",
@@ -227,7 +227,7 @@ def register(groups: dict[str, Any]) -> None:
     add_options(demo.add_argument_group("model"), DEMO_OPTIONS[1:])
     add_broker_arguments(demo)
     add_options(demo.add_argument_group("embedded broker"), DEMO_OPTIONS[:1])
-    demo.set_defaults(func=_run("replay.demo", "run_demo"))
+    demo.set_defaults(func=_run("harstream.replay.demo", "run_demo"))
 
 
 def _add_simulator(parser: argparse.ArgumentParser, *, default_devices: int) -> None:

@@ -10,13 +10,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from replay.compare import format_report, write_json
-from replay.pacing import Chunk, parse_speed, stagger_offsets, track_chunks
-from replay.publisher import BrokerUnavailable, check_samples_per_message
-from replay.runner import Runner, RunSettings
-from stream.config import SERVE_OPTIONS, ConfigError, load_toml, resolve
-from stream.connection import BrokerConfig, broker_config, default_client_id
-from stream.contract import check_prefix
+from harstream.replay.compare import format_report, write_json
+from harstream.replay.pacing import Chunk, parse_speed, stagger_offsets, track_chunks
+from harstream.replay.publisher import BrokerUnavailable, check_samples_per_message
+from harstream.replay.runner import Runner, RunSettings
+from harstream.stream.config import SERVE_OPTIONS, ConfigError, load_toml, resolve
+from harstream.stream.connection import BrokerConfig, broker_config, default_client_id
+from harstream.stream.contract import check_prefix
 
 EXIT_USAGE = 2
 EXIT_BROKER = 1
@@ -117,8 +117,8 @@ def run_streams(
 
 def run_replay(args: argparse.Namespace) -> int:
     """``harstream replay``."""
-    from models.data import DataError
-    from replay.recordings import load_tracks
+    from harstream.models.data import DataError
+    from harstream.replay.recordings import load_tracks
 
     try:
         cfg, service = connection(args, "replay")
@@ -182,8 +182,7 @@ def run_replay(args: argparse.Namespace) -> int:
 def run_simulate(args: argparse.Namespace) -> int:
     """``harstream simulate``."""
     import numpy as np
-
-    from replay.simulate import Imperfections, SimDevice, sim_chunks, sim_device_ids
+    from harstream.replay.simulate import Imperfections, SimDevice, sim_chunks, sim_device_ids
 
     try:
         cfg, service = connection(args, "simulate")

@@ -21,11 +21,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
-
-from models.windows import WINDOW
-from replay.pacing import Chunk
-from stream.codec import DEFAULT_RATE_HZ
-from stream.config import ServeConfig
+from harstream.models.windows import WINDOW
+from harstream.replay.pacing import Chunk
+from harstream.stream.codec import DEFAULT_RATE_HZ
+from harstream.stream.config import ServeConfig
 
 MATCH_TOLERANCE_S = 1e-3  # the service may recompute t0 + i / rate_hz with rounding
 
@@ -295,7 +294,9 @@ class Scoreboard:
                 "models": dict(self.models),
             }
         if y_true:
-            from models.metrics import classification_report  # scikit-learn: slow to import
+            from harstream.models.metrics import (
+                classification_report,  # scikit-learn: slow to import
+            )
 
             scores = classification_report(y_true, y_pred, classes)
             out.update(accuracy=scores["accuracy"], macro_f1=scores["macro_f1"])
@@ -341,7 +342,7 @@ def format_report(report: dict[str, Any]) -> str:
     if report["accuracy"] is None:
         lines.append("accuracy: n/a (no labelled windows)")
     else:
-        from models.metrics import format_report as format_scores
+        from harstream.models.metrics import format_report as format_scores
 
         scores = {k: report[k] for k in ("accuracy", "macro_f1", "per_class", "confusion")}
         lines.append(format_scores(scores, report["classes"]))

@@ -24,17 +24,16 @@ from typing import Any
 
 import numpy as np
 import orjson
-
-from replay.cli import DEMO_OPTIONS
-from replay.commands import EXIT_BROKER, EXIT_USAGE, fail
-from replay.compare import Scoreboard, format_report
-from replay.pacing import Chunk, Track, stagger_offsets, track_chunks
-from replay.publisher import BrokerUnavailable, close_client, open_client
-from replay.runner import Runner, RunSettings
-from stream.broker import is_listening
-from stream.config import ConfigError, ServeConfig, resolve
-from stream.connection import BrokerConfig, broker_config, default_client_id
-from stream.contract import topic
+from harstream.replay.cli import DEMO_OPTIONS
+from harstream.replay.commands import EXIT_BROKER, EXIT_USAGE, fail
+from harstream.replay.compare import Scoreboard, format_report
+from harstream.replay.pacing import Chunk, Track, stagger_offsets, track_chunks
+from harstream.replay.publisher import BrokerUnavailable, close_client, open_client
+from harstream.replay.runner import Runner, RunSettings
+from harstream.stream.broker import is_listening
+from harstream.stream.config import ConfigError, ServeConfig, resolve
+from harstream.stream.connection import BrokerConfig, broker_config, default_client_id
+from harstream.stream.contract import topic
 
 PREFIX = "demo"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -134,7 +133,7 @@ def device_streams(
     rng = np.random.default_rng(args.seed)
     offsets = stagger_offsets(args.devices, 1.0)
     if args.data:
-        from replay.recordings import load_tracks
+        from harstream.replay.recordings import load_tracks
 
         tracks = load_tracks(args.data).tracks[: args.devices]
         tracks = [_rotated(t, int(rng.integers(t.t_rel.size))) for t in tracks]
@@ -143,7 +142,7 @@ def device_streams(
             for t, o in zip(tracks, offsets, strict=False)
         ]
         return [t.device for t in tracks], streams, f"{len(tracks)} recorded device(s)"
-    from replay.simulate import SimDevice, sim_chunks, sim_device_ids
+    from harstream.replay.simulate import SimDevice, sim_chunks, sim_device_ids
 
     ids = sim_device_ids(args.devices)
     sims = [SimDevice(i, seed=int(rng.integers(2**31)), dwell=(8.0, 20.0)) for i in ids]
@@ -258,10 +257,10 @@ def _service_config(args: argparse.Namespace, cfg: BrokerConfig) -> ServeConfig:
 
 def run_demo(args: argparse.Namespace) -> int:
     """``harstream demo``."""
-    from models.checkpoint import CheckpointError
-    from models.data import DataError
-    from stream.routes import RouteUnavailable
-    from stream.service import Service, build_routes
+    from harstream.models.checkpoint import CheckpointError
+    from harstream.models.data import DataError
+    from harstream.stream.routes import RouteUnavailable
+    from harstream.stream.service import Service, build_routes
 
     try:
         if args.devices < 1:

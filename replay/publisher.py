@@ -17,11 +17,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-
-from replay.pacing import Chunk
-from stream.codec import BINARY_CONTENT_TYPE, MAX_SAMPLES, encode_binary, encode_json
-from stream.connection import BrokerConfig, connect, make_client
-from stream.contract import topic
+from harstream.replay.pacing import Chunk
+from harstream.stream.codec import BINARY_CONTENT_TYPE, MAX_SAMPLES, encode_binary, encode_json
+from harstream.stream.connection import BrokerConfig, connect, make_client
+from harstream.stream.contract import topic
 
 CONNECT_TIMEOUT_S = 10.0
 

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from models.data import DataError, LoadReport, Recording, load_recordings
-from replay.pacing import Track
-from stream.codec import DEFAULT_RATE_HZ
-from stream.contract import ID_RULE, is_valid_id
+from harstream.models.data import DataError, LoadReport, Recording, load_recordings
+from harstream.replay.pacing import Track
+from harstream.stream.codec import DEFAULT_RATE_HZ
+from harstream.stream.contract import ID_RULE, is_valid_id
 
 
 @dataclass

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-
-from replay.compare import Scoreboard, TruthLog, WindowCounter
-from replay.pacing import Chunk, paced
-from replay.publisher import Publisher, close_client, open_client
-from stream.config import ServeConfig
-from stream.connection import BrokerConfig
-from stream.contract import DEFAULT_PREFIX, ERRORS_SUFFIX, subscription
+from harstream.replay.compare import Scoreboard, TruthLog, WindowCounter
+from harstream.replay.pacing import Chunk, paced
+from harstream.replay.publisher import Publisher, close_client, open_client
+from harstream.stream.config import ServeConfig
+from harstream.stream.connection import BrokerConfig
+from harstream.stream.contract import DEFAULT_PREFIX, ERRORS_SUFFIX, subscription
 
 
 @dataclass

@@ -19,8 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-
-from replay.pacing import Chunk
+from harstream.replay.pacing import Chunk
 
 GRAVITY = 9.81
 SIM_PREFIX = "sim-"

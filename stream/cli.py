@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from stream.config import (
+from harstream.stream.config import (
     SERVE_OPTIONS,
     ConfigError,
     ServeConfig,
@@ -21,9 +21,14 @@ from stream.config import (
     resolve,
     unknown_keys,
 )
-from stream.connection import BROKER_OPTIONS, add_broker_arguments, broker_config, default_client_id
+from harstream.stream.connection import (
+    BROKER_OPTIONS,
+    add_broker_arguments,
+    broker_config,
+    default_client_id,
+)
 
-log = logging.getLogger("stream.serve")
+log = logging.getLogger("harstream.stream.serve")
 
 GIL_SWITCH_S = 0.0005  # sys.setswitchinterval for the service process (see run)
 EXIT_ABANDONED = 3  # stop had to abandon work (a stuck handler, windows not published)
@@ -107,9 +112,9 @@ class JsonFormatter(logging.Formatter):
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``harstream serve``; returns the exit status."""
-    from models.checkpoint import CheckpointError
-    from stream.routes import RouteUnavailable
-    from stream.service import Service
+    from harstream.models.checkpoint import CheckpointError
+    from harstream.stream.routes import RouteUnavailable
+    from harstream.stream.service import Service
 
     try:
         config = config_from_args(args)

@@ -23,9 +23,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
-
-from models.windows import RATE_HZ
-from stream.routes import PayloadError
+from harstream.models.windows import RATE_HZ
+from harstream.stream.routes import PayloadError
 
 BINARY_MAGIC = b"HSA1"
 BINARY_CONTENT_TYPE = "application/vnd.harstream.accel"

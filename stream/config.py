@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream.contract import check_prefix
-from stream.ratelimit import DEFAULT_BURST_S, DEFAULT_MARGIN
+from harstream.stream.contract import check_prefix
+from harstream.stream.ratelimit import DEFAULT_BURST_S, DEFAULT_MARGIN
 
 ENV_PREFIX = "HARSTREAM_"
 

@@ -28,9 +28,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
-
-from stream.config import ConfigError, Option, add_options, resolve
-from stream.paho_client import BufferedClient
+from harstream.stream.config import ConfigError, Option, add_options, resolve
+from harstream.stream.paho_client import BufferedClient
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,9 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
-
-from stream.metrics import FamilyMetrics
-from stream.ratelimit import RATE_LIMITED, DeviceBucket
-from stream.routes import Route
+from harstream.stream.metrics import FamilyMetrics
+from harstream.stream.ratelimit import RATE_LIMITED, DeviceBucket
+from harstream.stream.routes import Route
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-
-from stream.buffers import WindowBuffer
-from stream.codec import decode_accel
-from stream.routes import Route, Sink, load_family_predictor
+from harstream.stream.buffers import WindowBuffer
+from harstream.stream.codec import decode_accel
+from harstream.stream.routes import Route, Sink, load_family_predictor
 
 FAMILY = "har"
 

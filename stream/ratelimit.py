@@ -35,7 +35,7 @@ import logging
 import math
 from collections.abc import Callable
 
-from stream.watchdog import LogLimiter
+from harstream.stream.watchdog import LogLimiter
 
 log = logging.getLogger(__name__)
 

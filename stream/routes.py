@@ -45,14 +45,14 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from models.predictor import Predictor
+    from harstream.models.predictor import Predictor
 
 # family -> "module:function" of its route builder. A module that does not exist (yet) makes
 # the family unavailable: skipped under the default ``--families``, an error when asked for.
 ROUTE_BUILDERS: dict[str, str] = {
-    "har": "stream.har_route:build",
-    "text": "stream.text_route:build",
-    "series": "stream.series_route:build",
+    "har": "harstream.stream.har_route:build",
+    "text": "harstream.stream.text_route:build",
+    "series": "harstream.stream.series_route:build",
 }
 
 
@@ -129,8 +129,8 @@ def load_family_predictor(family: str, path: Any, max_batch: int) -> Predictor:
     A missing shipped model raises :class:`RouteUnavailable` (the family is skipped under
     the default ``--families``); a bad explicit ``path`` raises ``CheckpointError``.
     """
-    from models.checkpoint import CheckpointError
-    from models.registry import default_checkpoint, load_predictor
+    from harstream.models.checkpoint import CheckpointError
+    from harstream.models.registry import default_checkpoint, load_predictor
 
     if path is None:
         try:

@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 import orjson
-
-from stream.codec import json_error, number
-from stream.routes import PayloadError, Route, Sink, load_family_predictor
+from harstream.stream.codec import json_error, number
+from harstream.stream.routes import PayloadError, Route, Sink, load_family_predictor
 
 FAMILY = "series"
 MAX_VALUES = 4096

@@ -34,18 +34,17 @@ from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
-
-from models.runtime import default_inference_threads, set_cpu_threads
-from stream import contract, state
-from stream.broker import EmbeddedBroker, is_listening
-from stream.buffers import BufferTable
-from stream.codec import error_payload
-from stream.config import ConfigError, ServeConfig
-from stream.connection import BrokerConfig, connect, make_client
-from stream.engine import DeviceSink, InferenceWorker
-from stream.metrics import FamilyMetrics, ServiceMetrics
-from stream.ratelimit import RATE_LIMITED, RateLimit
-from stream.routes import (
+from harstream.models.runtime import default_inference_threads, set_cpu_threads
+from harstream.stream import contract, state
+from harstream.stream.broker import EmbeddedBroker, is_listening
+from harstream.stream.buffers import BufferTable
+from harstream.stream.codec import error_payload
+from harstream.stream.config import ConfigError, ServeConfig
+from harstream.stream.connection import BrokerConfig, connect, make_client
+from harstream.stream.engine import DeviceSink, InferenceWorker
+from harstream.stream.metrics import FamilyMetrics, ServiceMetrics
+from harstream.stream.ratelimit import RATE_LIMITED, RateLimit
+from harstream.stream.routes import (
     ROUTE_BUILDERS,
     PayloadError,
     Restorable,
@@ -53,7 +52,7 @@ from stream.routes import (
     RouteUnavailable,
     build_route,
 )
-from stream.watchdog import HandlerWatch, LogLimiter
+from harstream.stream.watchdog import HandlerWatch, LogLimiter
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-
-from models.text_prep import TextEncoder
-from stream.codec import json_error
-from stream.routes import PayloadError, Route, Sink, load_family_predictor
+from harstream.models.text_prep import TextEncoder
+from harstream.stream.codec import json_error
+from harstream.stream.routes import PayloadError, Route, Sink, load_family_predictor
 
 FAMILY = "text"
 MAX_CHARS = 4096

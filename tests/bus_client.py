@@ -8,7 +8,7 @@ import time
 import uuid
 from collections import defaultdict
 
-from stream.connection import BrokerConfig, connect, make_client
+from harstream.stream.connection import BrokerConfig, connect, make_client
 
 T0 = 1_700_000_000.0
 WAIT = 20.0

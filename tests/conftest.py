@@ -33,7 +33,7 @@ def broker():
     embedded amqtt broker; ``HARSTREAM_TEST_BROKER=amqtt`` picks the embedded one anyway,
     as on a machine without Mosquitto. Never the machine's own broker on 1883.
     """
-    from stream.broker import isolated_broker
+    from harstream.stream.broker import isolated_broker
 
     with isolated_broker(os.environ.get("HARSTREAM_TEST_BROKER", "mosquitto")) as running:
         yield running
@@ -42,7 +42,7 @@ def broker():
 @pytest.fixture(scope="session")
 def har_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A HAR CNN checkpoint with random weights (until tests need the shipped one)."""
-    from models import har, har_checkpoint
+    from harstream.models import har, har_checkpoint
 
     path = tmp_path_factory.mktemp("har-model") / "har-cnn"
     har_checkpoint.save(
@@ -63,7 +63,7 @@ def har_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def har_predictor(har_model_path: Path):
     """The compiled predictor of ``har_model_path`` (buckets up to 16), shared by services."""
-    from models.registry import load_predictor
+    from harstream.models.registry import load_predictor
 
     return load_predictor(har_model_path, family="har", max_batch=16)
 
@@ -74,7 +74,7 @@ def har_predictor(har_model_path: Path):
 @pytest.fixture(scope="session")
 def shipped_har_predictor():
     """The HAR CNN shipped in ``models/weights/har-cnn``, compiled once (buckets up to 64)."""
-    from models.registry import load_predictor
+    from harstream.models.registry import load_predictor
 
     return load_predictor(family="har", max_batch=64)
 
@@ -90,9 +90,9 @@ def prefix() -> str:
 @pytest.fixture
 def serve(broker, har_predictor, prefix):
     """Start services on the session broker (same prefix as the test); stopped at teardown."""
-    from stream.config import ServeConfig
-    from stream.connection import BrokerConfig
-    from stream.service import Service
+    from harstream.stream.config import ServeConfig
+    from harstream.stream.connection import BrokerConfig
+    from harstream.stream.service import Service
 
     started: list[Service] = []
 

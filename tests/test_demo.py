@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from models.registry import DEFAULT_CHECKPOINTS
-from stream.broker import free_port, is_listening
+from harstream.models.registry import DEFAULT_CHECKPOINTS
+from harstream.stream.broker import free_port, is_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 

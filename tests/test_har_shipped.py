@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
-from models.data import load_recordings
-from models.windows import make_windows
+from harstream.models.data import load_recordings
+from harstream.models.windows import make_windows
 
 CLASSES = ["walking", "jogging", "stairs", "sitting", "standing", "kicking"]
 

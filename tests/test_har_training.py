@@ -15,10 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-from harstream.cli import main
-from models import har, metrics, summary, training
-from models.har_training import (
+from harstream.models import har, metrics, summary, training
+from harstream.models.har_training import (
     HarTrainConfig,
     augment_windows,
     class_order,
@@ -31,7 +29,9 @@ from models.har_training import (
     split_subjects,
     subject_folds,
 )
-from models.registry import load_predictor
+from harstream.models.registry import load_predictor
+
+from harstream.cli import main
 
 CODES = "ABCDEM"
 
@@ -320,7 +320,7 @@ def test_fixed_epochs_without_validation_and_cross_validation(generated, tmp_pat
 
 def test_real_data_smoke(shared_data, tmp_path):
     """Few real subjects, one epoch: the pipeline runs end to end on the real layout."""
-    from models.har_training import HarTrainConfig, train_har
+    from harstream.models.har_training import HarTrainConfig, train_har
 
     folder = tmp_path / "few"
     folder.mkdir()
@@ -336,7 +336,7 @@ def test_real_data_smoke(shared_data, tmp_path):
 
 
 def test_baseline_features_and_fit():
-    from models.baseline import predict_baseline, train_baseline, window_features
+    from harstream.models.baseline import predict_baseline, train_baseline, window_features
 
     rng = np.random.default_rng(0)
     t = np.arange(80) / 20.0

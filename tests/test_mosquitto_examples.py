@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 from bus_client import T0, WAIT, Client
-
-from stream.broker import LOOPBACK, MosquittoBroker, free_port, mosquitto_binary
-from stream.config import ServeConfig
-from stream.connection import BrokerConfig, broker_config, connect, make_client
-from stream.service import Service
+from harstream.stream.broker import LOOPBACK, MosquittoBroker, free_port, mosquitto_binary
+from harstream.stream.config import ServeConfig
+from harstream.stream.connection import BrokerConfig, broker_config, connect, make_client
+from harstream.stream.service import Service
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -94,7 +93,7 @@ def log_lines(caplog, event: str) -> list[logging.LogRecord]:
 @needs_mosquitto
 @pytest.mark.parametrize("version", ["5", "3.1.1"])
 def test_a_broker_that_lost_the_session_is_reported(har_predictor, prefix, caplog, version):
-    caplog.set_level(logging.INFO, logger="stream.service")
+    caplog.set_level(logging.INFO, logger="harstream.stream.service")
     own = MosquittoBroker(free_port())  # no persistence: a crash loses every session
     own.start()
     cfg = BrokerConfig(
@@ -136,7 +135,7 @@ def test_a_broker_that_lost_the_session_is_reported(har_predictor, prefix, caplo
 def test_with_the_example_persistence_a_killed_broker_keeps_the_session(
     har_predictor, prefix, caplog, broker_dir
 ):
-    caplog.set_level(logging.INFO, logger="stream.service")
+    caplog.set_level(logging.INFO, logger="harstream.stream.service")
     data = f"{broker_dir}/data/"
 
     def example_broker(port: int) -> MosquittoBroker:

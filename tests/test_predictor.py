@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from models import checkpoint, har, har_checkpoint
-from models.predictor import InputError, bucket_sizes, call_plan
-from models.registry import load_predictor
+from harstream.models import checkpoint, har, har_checkpoint
+from harstream.models.predictor import InputError, bucket_sizes, call_plan
+from harstream.models.registry import load_predictor
 
 
 @pytest.fixture(scope="session")

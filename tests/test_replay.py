@@ -67,9 +67,9 @@ def write_csv(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def service(broker, har_predictor):
     """The service in this process, on the test broker, answering under PREFIX."""
-    from stream.config import ServeConfig
-    from stream.connection import broker_config
-    from stream.service import Service
+    from harstream.stream.config import ServeConfig
+    from harstream.stream.connection import broker_config
+    from harstream.stream.service import Service
 
     cfg = broker_config(
         {"broker": broker.url, "mqtt_version": broker.mqtt_version},
@@ -125,9 +125,9 @@ def test_fan_out_subjects_single_samples_and_binary(service, broker, tmp_path) -
 
 
 def test_a_replay_faster_than_the_services_limit_is_told_so(broker, har_predictor, tmp_path):
-    from stream.config import ServeConfig
-    from stream.connection import broker_config
-    from stream.service import Service
+    from harstream.stream.config import ServeConfig
+    from harstream.stream.connection import broker_config
+    from harstream.stream.service import Service
 
     cfg = broker_config(
         {"broker": broker.url, "mqtt_version": broker.mqtt_version},
@@ -215,7 +215,7 @@ def test_bad_options_are_explained(tmp_path, capsys) -> None:
 
 
 def test_unreachable_broker_is_reported(tmp_path, capsys) -> None:
-    from stream.broker import free_port
+    from harstream.stream.broker import free_port
 
     path = write_wisdm2019(tmp_path / "ok.txt")
     url = f"mqtt://127.0.0.1:{free_port()}"

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
-
-from replay.compare import Scoreboard, TruthLog, WindowCounter, format_report, percentiles
-from replay.pacing import Chunk
+from harstream.replay.compare import Scoreboard, TruthLog, WindowCounter, format_report, percentiles
+from harstream.replay.pacing import Chunk
 
 
 def _chunk(device: str, t: np.ndarray, labels: list[str] | None) -> Chunk:

@@ -8,8 +8,7 @@ import time
 
 import numpy as np
 import pytest
-
-from replay.pacing import Track, paced, parse_speed, stagger_offsets, track_chunks
+from harstream.replay.pacing import Track, paced, parse_speed, stagger_offsets, track_chunks
 
 
 def _track(n: int = 40, rate: float = 20.0, device: str = "d1") -> Track:

@@ -5,8 +5,7 @@ import subprocess
 import sys
 
 import pytest
-
-from models.runtime import set_cpu_threads
+from harstream.models.runtime import set_cpu_threads
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform"
@@ -14,7 +13,7 @@ pytestmark = pytest.mark.skipif(
 
 CHILD = """
 import os, sys
-from models.runtime import set_cpu_threads
+from harstream.models.runtime import set_cpu_threads
 first, second = set_cpu_threads(1), set_cpu_threads(2)
 import jax, jax.numpy as jnp
 jax.jit(lambda a: (a @ a).sum())(jnp.ones((256, 256))).block_until_ready()

@@ -5,10 +5,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-
-from models import checkpoint, lag_experiment, series, series_checkpoint, series_data
-from models.har import count_params
-from models.registry import default_checkpoint
+from harstream.models import checkpoint, lag_experiment, series, series_checkpoint, series_data
+from harstream.models.har import count_params
+from harstream.models.registry import default_checkpoint
 
 
 def _shapes(model):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from replay.pacing import Chunk
-from replay.simulate import (
+from harstream.replay.pacing import Chunk
+from harstream.replay.simulate import (
     ACTIVITIES,
     GRAVITY,
     PROFILES,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from stream.buffers import BufferTable, WindowBuffer
-from stream.codec import Samples
+from harstream.stream.buffers import BufferTable, WindowBuffer
+from harstream.stream.codec import Samples
 
 T0 = 1000.0
 

@@ -6,10 +6,9 @@ import math
 
 import numpy as np
 import pytest
-
-from stream.codec import BINARY_CONTENT_TYPE, decode_accel, encode_binary, error_payload
-from stream.contract import check_prefix, is_valid_id
-from stream.routes import PayloadError
+from harstream.stream.codec import BINARY_CONTENT_TYPE, decode_accel, encode_binary, error_payload
+from harstream.stream.contract import check_prefix, is_valid_id
+from harstream.stream.routes import PayloadError
 
 
 def test_single_sample_with_and_without_time():

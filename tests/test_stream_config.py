@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 
 import pytest
+from harstream.stream import routes
+from harstream.stream.cli import config_from_args
+from harstream.stream.config import ConfigError, ServeConfig, default_state_file
+from harstream.stream.connection import BrokerConfig, broker_config, parse_broker_url
+from harstream.stream.service import Service, build_routes
 
 from harstream.cli import build_parser
-from stream import routes
-from stream.cli import config_from_args
-from stream.config import ConfigError, ServeConfig, default_state_file
-from stream.connection import BrokerConfig, broker_config, parse_broker_url
-from stream.service import Service, build_routes
 
 
 def serve_args(*argv: str) -> argparse.Namespace:
@@ -120,7 +120,7 @@ def test_password_file_is_read_and_excludes_a_second_password(tmp_path):
 def test_unavailable_family_fails_when_asked_and_is_skipped_by_default(monkeypatch, har_predictor):
     for family in ("text", "series"):
         monkeypatch.delitem(routes.ROUTE_BUILDERS, family)
-    monkeypatch.setitem(routes.ROUTE_BUILDERS, "ghost", "stream.ghost_route:build")
+    monkeypatch.setitem(routes.ROUTE_BUILDERS, "ghost", "harstream.stream.ghost_route:build")
     with pytest.raises(routes.RouteUnavailable, match="ghost"):
         build_routes(ServeConfig(families=["ghost"]))
     built = build_routes(ServeConfig(), predictors={"har": har_predictor})

@@ -11,10 +11,10 @@ import threading
 import time
 
 import pytest
+from harstream.stream.connection import BrokerConfig, connect, make_client
+from harstream.stream.paho_client import READ_CHUNK
 
 from harstream.bench.mqtt_wire import WireClient, publish_packet
-from stream.connection import BrokerConfig, connect, make_client
-from stream.paho_client import READ_CHUNK
 
 BURST = 3000
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
-from stream.engine import DeviceSink, InferenceWorker
-from stream.metrics import ServiceMetrics
-from stream.routes import Route
+from harstream.stream.engine import DeviceSink, InferenceWorker
+from harstream.stream.metrics import ServiceMetrics
+from harstream.stream.routes import Route
 
 
 class CountingPredictor:

@@ -13,12 +13,9 @@ import numpy as np
 import orjson
 import pytest
 from bus_client import T0
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from stream import contract
-from stream.buffers import WindowBuffer
-from stream.codec import (
+from harstream.stream import contract
+from harstream.stream.buffers import WindowBuffer
+from harstream.stream.codec import (
     MAX_ABS_ACCEL,
     MAX_SAMPLES,
     MAX_TIME_S,
@@ -26,8 +23,10 @@ from stream.codec import (
     decode_accel,
     encode_binary,
 )
-from stream.routes import PayloadError, Route
-from stream.service import Service
+from harstream.stream.routes import PayloadError, Route
+from harstream.stream.service import Service
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 # Every kind the contract documents for the HAR route (docs: the errors table).
 DOCUMENTED_KINDS = {
@@ -271,15 +270,15 @@ def failing_route(route: Route, trigger: bytes, action) -> Route:
 
 
 def har_route(har_predictor, prefix: str) -> Route:
-    from stream.config import ServeConfig
-    from stream.har_route import build
+    from harstream.stream.config import ServeConfig
+    from harstream.stream.har_route import build
 
     return build(ServeConfig(prefix=prefix), har_predictor)
 
 
 def start_service(broker, prefix: str, routes: list[Route], **overrides) -> Service:
-    from stream.config import ServeConfig
-    from stream.connection import BrokerConfig
+    from harstream.stream.config import ServeConfig
+    from harstream.stream.connection import BrokerConfig
 
     cfg = BrokerConfig(
         host=broker.host,
@@ -301,7 +300,7 @@ def test_an_internal_error_reaches_the_device_and_logs_one_traceback_a_minute(
     route = failing_route(har_route(har_predictor, prefix), b"bug", bug)
     service = start_service(broker, prefix, [route])
     try:
-        with caplog.at_level(logging.ERROR, logger="stream.service"):
+        with caplog.at_level(logging.ERROR, logger="harstream.stream.service"):
             for _ in range(20):
                 device.publish("buggy", b"bug")
             errors = device.wait_for("buggy", 20, "errors")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from stream.engine import DeviceSink, InferenceWorker
-from stream.metrics import ServiceMetrics
-from stream.ratelimit import RateLimit
-from stream.routes import Route
+from harstream.stream.engine import DeviceSink, InferenceWorker
+from harstream.stream.metrics import ServiceMetrics
+from harstream.stream.ratelimit import RateLimit
+from harstream.stream.routes import Route
 
 
 def make_limit(real_rate: float = 1.0, margin: float = 5.0, burst_s: float = 10.0, **kw):

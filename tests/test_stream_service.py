@@ -18,13 +18,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bus_client import T0, WAIT, Client
+from harstream.stream.broker import (
+    EmbeddedBroker,
+    MosquittoBroker,
+    free_port,
+    is_listening,
+    mosquitto_binary,
+)
+from harstream.stream.codec import encode_binary
+from harstream.stream.config import ServeConfig
+from harstream.stream.connection import BrokerConfig
+from harstream.stream.service import Service
 
 from harstream.bench.mqtt_wire import WireClient
-from stream.broker import EmbeddedBroker, MosquittoBroker, free_port, is_listening, mosquitto_binary
-from stream.codec import encode_binary
-from stream.config import ServeConfig
-from stream.connection import BrokerConfig
-from stream.service import Service
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,12 +9,11 @@ import os
 
 import numpy as np
 import pytest
-
-from stream import state
-from stream.buffers import WindowBuffer
-from stream.codec import Samples
-from stream.series_route import LastValues
-from stream.text_route import MessageBuffer
+from harstream.stream import state
+from harstream.stream.buffers import WindowBuffer
+from harstream.stream.codec import Samples
+from harstream.stream.series_route import LastValues
+from harstream.stream.text_route import MessageBuffer
 
 T0 = 1_700_000_000.0
 
@@ -147,7 +146,7 @@ def test_the_file_is_private_compressed_json_written_by_rename(tmp_path):
 def test_stale_or_foreign_state_is_discarded_and_deleted(tmp_path, caplog, change, reason):
     path = tmp_path / "svc.state"
     _save(path, **change)
-    with caplog.at_level(logging.INFO, logger="stream.state"):
+    with caplog.at_level(logging.INFO, logger="harstream.stream.state"):
         assert state.load(path, max_age_s=300, client_id="c", prefix="p", now=1010.0) is None
     assert reason in caplog.text and "event=state_discarded" in caplog.text
     assert not path.exists()
@@ -175,6 +174,6 @@ BAD_ARRAY_DOC = {  # only float arrays are read back: no object arrays, no pickl
 def test_a_bad_file_is_discarded_with_a_reason(tmp_path, caplog, data):
     path = tmp_path / "svc.state"
     path.write_bytes(data)
-    with caplog.at_level(logging.WARNING, logger="stream.state"):
+    with caplog.at_level(logging.WARNING, logger="harstream.stream.state"):
         assert state.load(path, max_age_s=300, client_id="c", prefix="p") is None
     assert "event=state_discarded" in caplog.text and not path.exists()

@@ -8,12 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from harstream.models import checkpoint, glove, text, text_checkpoint, text_prep
+from harstream.models.har import count_params
+from harstream.models.registry import default_checkpoint
+from harstream.models.text_training import evaluate_text, held_out
 
 from harstream.cli import main
-from models import checkpoint, glove, text, text_checkpoint, text_prep
-from models.har import count_params
-from models.registry import default_checkpoint
-from models.text_training import evaluate_text, held_out
 
 
 def _shapes(model, max_len=20):

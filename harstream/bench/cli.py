@@ -134,7 +134,7 @@ examples:
 
 
 def _register_e2e(sub: argparse._SubParsersAction) -> None:
-    from stream.connection import add_broker_arguments
+    from harstream.stream.connection import add_broker_arguments
 
     p = sub.add_parser(
         "e2e",
@@ -223,8 +223,8 @@ def _register_e2e(sub: argparse._SubParsersAction) -> None:
 
 def _run_e2e(args: argparse.Namespace) -> int:
     from harstream.bench import e2e_bench
-    from stream.config import ConfigError
-    from stream.connection import broker_config
+    from harstream.stream.config import ConfigError
+    from harstream.stream.connection import broker_config
 
     try:
         config = e2e_bench.E2EConfig(

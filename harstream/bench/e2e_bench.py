@@ -35,7 +35,7 @@ import numpy as np
 
 from harstream.bench.loadgen import LoadResult, LoadSpec, run_load, split_devices
 from harstream.bench.timing import percentiles_ms
-from models.runtime import default_inference_threads
+from harstream.models.runtime import default_inference_threads
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ class ServiceProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> ServiceProcess:
-        from replay.publisher import close_client, open_client
-        from stream.contract import status_topic
+        from harstream.replay.publisher import close_client, open_client
+        from harstream.stream.contract import status_topic
 
         online = threading.Event()
 
@@ -206,7 +206,7 @@ def _broker_argv(broker: Any) -> list[str]:
 
 def client_settings(running: Any) -> Any:
     """The ``BrokerConfig`` for a ``stream.broker`` broker (amqtt speaks MQTT 3.1.1 only)."""
-    from stream.connection import BrokerConfig
+    from harstream.stream.connection import BrokerConfig
 
     version = "5" if running.kind == "mosquitto" else "3.1.1"
     return BrokerConfig(host=running.host, port=running.port, mqtt_version=version)
@@ -215,7 +215,7 @@ def client_settings(running: Any) -> Any:
 @contextlib.contextmanager
 def bench_broker(broker: Any | None) -> Iterator[tuple[Any, str]]:
     """``(BrokerConfig, kind)``: the given broker, or a private one on a free loopback port."""
-    from stream.broker import isolated_broker
+    from harstream.stream.broker import isolated_broker
 
     if broker is not None:
         yield broker, "external"
@@ -368,8 +368,8 @@ def _model_args(config: E2EConfig, workdir: Path) -> list[str]:
     """``--model`` for the services: the given one, the shipped one, or random weights."""
     if config.model is not None:
         return ["--model", str(config.model)]
-    from models.checkpoint import CheckpointError
-    from models.registry import default_checkpoint
+    from harstream.models.checkpoint import CheckpointError
+    from harstream.models.registry import default_checkpoint
 
     try:
         default_checkpoint("har")

@@ -186,9 +186,9 @@ class _Generator:
     def schedule(self) -> list[tuple[float, int, int, bytes]]:
         """``(due seconds after the start, device, column, PUBLISH packet)`` in due order."""
         from harstream.bench.mqtt_wire import publish_packet
-        from replay.pacing import Chunk
-        from replay.publisher import encode_chunk
-        from stream.contract import topic
+        from harstream.replay.pacing import Chunk
+        from harstream.replay.publisher import encode_chunk
+        from harstream.stream.contract import topic
 
         spec = self.spec
         k, rate = spec.samples_per_message, spec.rate_hz
@@ -213,7 +213,7 @@ class _Generator:
 
     def run(self) -> None:
         from harstream.bench.mqtt_wire import WireClient
-        from stream.contract import topic
+        from harstream.stream.contract import topic
 
         spec = self.spec
         events = self.schedule()

@@ -24,7 +24,7 @@ import numpy as np
 from harstream.bench import peers as peers_mod
 from harstream.bench.jax_process import JaxProcess
 from harstream.bench.timing import CallRunner, Runner, Timing, time_interleaved
-from models.runtime import default_cpu_threads
+from harstream.models.runtime import default_cpu_threads
 
 BATCHES = (1, 8, 64, 256)
 FAMILIES = ("har-cnn", "har-lstm", "text", "series")
@@ -79,7 +79,7 @@ def load_family(family: str, max_batch: int, workdir: Path) -> tuple[Any, Path, 
     replaced by random weights (per-call time does not depend on the weight values); a
     missing text or series model raises ``LookupError``.
     """
-    from models.registry import WEIGHTS_DIR, load_predictor
+    from harstream.models.registry import WEIGHTS_DIR, load_predictor
 
     if family not in SHIPPED:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
@@ -104,7 +104,7 @@ def random_har_checkpoint(arch: str, path: Path, seed: int = 1) -> Path:
     """
     import jax
 
-    from models import har, har_checkpoint
+    from harstream.models import har, har_checkpoint
 
     model = har.build(arch, {"num_classes": 6})
     params = jax.jit(lambda: har.init_params(model, seed=seed))()

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from harstream.bench.timing import Call
-from models.predictor import Predictor
+from harstream.models.predictor import Predictor
 
 RUNTIMES = ("torch", "onnxruntime")
 _REQUIRES = {"torch": ("torch",), "onnxruntime": ("onnx", "onnxruntime")}

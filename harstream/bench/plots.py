@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from harstream.bench.timing import Timing
-from models.figures import pyplot, save_figure
+from harstream.models.figures import pyplot, save_figure
 
 
 def latency_cdf(timings: Mapping[tuple[str, str, int], Timing], out: Path) -> Path:

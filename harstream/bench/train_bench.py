@@ -53,8 +53,8 @@ def jax_training(arch: str, config: TrainBenchConfig) -> dict[str, Any]:
     """Samples/s of ``models.training.fit`` with Adam on ``arch``."""
     import optax
 
-    from models import har
-    from models.training import classifier_loss, fit
+    from harstream.models import har
+    from harstream.models.training import classifier_loss, fit
 
     model = har.build(arch, {"num_classes": len(RANDOM_HAR_META["classes"])})
     x, y = synthetic_windows(config.batch * config.steps, model.num_classes, config.seed)
