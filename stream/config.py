@@ -271,6 +271,12 @@ SERVE_OPTIONS: tuple[Option, ...] = (
 )
 
 
+def _default(name: str) -> Any:
+    """The default of the serve option ``name``: :data:`SERVE_OPTIONS` is the one place
+    that holds it, for flags, environment, TOML and in-process ``ServeConfig`` alike."""
+    return next(opt.default for opt in SERVE_OPTIONS if opt.name == name)
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Settings of one ``harstream serve`` instance (see :data:`SERVE_OPTIONS` for meanings).
@@ -281,32 +287,32 @@ class ServeConfig:
     """
 
     broker: Any = None
-    families: list[str] | None = None
-    model: Path | None = None
-    text_model: Path | None = None
-    series_model: Path | None = None
-    prefix: str = "har"
-    hop: int = 20
-    max_gap: float = 1.0
-    max_batch: int = 128
-    max_wait_ms: float = 0.0
-    queue_size: int = 4096
-    device_rate_margin: float = DEFAULT_MARGIN
-    device_burst: float = DEFAULT_BURST_S
-    inference_threads: int | None = None
-    max_devices: int = 10000
-    idle_ttl: float = 300.0
-    max_payload: int = 65536
-    qos: int = 1
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
-    embedded_broker: bool = True
-    connect_timeout: float = 30.0
-    slow_handler_ms: float = 250.0
-    stop_timeout: float = 30.0
-    state_file: Path | None = None
-    state_max_age: float = 300.0
-    log_json: bool = False
+    families: list[str] | None = _default("families")
+    model: Path | None = _default("model")
+    text_model: Path | None = _default("text_model")
+    series_model: Path | None = _default("series_model")
+    prefix: str = _default("prefix")
+    hop: int = _default("hop")
+    max_gap: float = _default("max_gap")
+    max_batch: int = _default("max_batch")
+    max_wait_ms: float = _default("max_wait_ms")
+    queue_size: int = _default("queue_size")
+    device_rate_margin: float = _default("device_rate_margin")
+    device_burst: float = _default("device_burst")
+    inference_threads: int | None = _default("inference_threads")
+    max_devices: int = _default("max_devices")
+    idle_ttl: float = _default("idle_ttl")
+    max_payload: int = _default("max_payload")
+    qos: int = _default("qos")
+    metrics_port: int | None = _default("metrics_port")
+    metrics_host: str = _default("metrics_host")
+    embedded_broker: bool = _default("embedded_broker")
+    connect_timeout: float = _default("connect_timeout")
+    slow_handler_ms: float = _default("slow_handler_ms")
+    stop_timeout: float = _default("stop_timeout")
+    state_file: Path | None = _default("state_file")
+    state_max_age: float = _default("state_max_age")
+    log_json: bool = _default("log_json")
 
     def __post_init__(self) -> None:
         checks = [

@@ -159,3 +159,14 @@ def test_serve_help_lists_every_flag(capsys):
     ):
         assert flag in out
     assert "process list" in out  # --password warns where a flag shows
+
+
+def test_every_serve_option_is_a_config_field_with_the_same_default():
+    import dataclasses
+
+    from harstream.stream.config import SERVE_OPTIONS, ServeConfig
+
+    fields = {f.name: f.default for f in dataclasses.fields(ServeConfig)}
+    assert set(fields) == {opt.name for opt in SERVE_OPTIONS} | {"broker"}
+    for opt in SERVE_OPTIONS:
+        assert fields[opt.name] == opt.default, opt.name
