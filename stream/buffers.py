@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
-from harstream.stream.codec import MIN_RATE_HZ, Samples
+from harstream.stream.families.har import MIN_RATE_HZ, Samples
 from harstream.stream.routes import Buffer, PayloadError, Sink
 
 SNAP_TOLERANCE_S = 0.001

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from harstream.stream.buffers import BufferTable, WindowBuffer
-from harstream.stream.codec import Samples
+from harstream.stream.families.har import Samples
 
 T0 = 1000.0
 

@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from harstream.stream.codec import BINARY_CONTENT_TYPE, decode_accel, encode_binary, error_payload
 from harstream.stream.contract import check_prefix, is_valid_id
+from harstream.stream.families.har import BINARY_CONTENT_TYPE, decode_accel, encode_binary
+from harstream.stream.payloads import error_payload
 from harstream.stream.routes import PayloadError
 
 

@@ -15,7 +15,7 @@ import pytest
 from bus_client import T0
 from harstream.stream import contract
 from harstream.stream.buffers import WindowBuffer
-from harstream.stream.codec import (
+from harstream.stream.families.har import (
     MAX_ABS_ACCEL,
     MAX_SAMPLES,
     MAX_TIME_S,

@@ -25,9 +25,9 @@ from harstream.stream.broker import (
     is_listening,
     mosquitto_binary,
 )
-from harstream.stream.codec import encode_binary
 from harstream.stream.config import ServeConfig
 from harstream.stream.connection import BrokerConfig
+from harstream.stream.families.har import encode_binary
 from harstream.stream.service import Service
 
 from harstream.bench.mqtt_wire import WireClient
