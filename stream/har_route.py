@@ -6,8 +6,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from harstream.stream.buffers import WindowBuffer
-from harstream.stream.families.har import decode_accel
+from harstream.stream.families.har import WindowBuffer, decode_accel
 from harstream.stream.routes import Route, Sink, load_family_predictor
 
 FAMILY = "har"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from harstream.stream.buffers import BufferTable, WindowBuffer
-from harstream.stream.families.har import Samples
+from harstream.stream.devices import BufferTable
+from harstream.stream.families.har import Samples, WindowBuffer
 
 T0 = 1000.0
 

@@ -14,12 +14,12 @@ import orjson
 import pytest
 from bus_client import T0
 from harstream.stream import contract
-from harstream.stream.buffers import WindowBuffer
 from harstream.stream.families.har import (
     MAX_ABS_ACCEL,
     MAX_SAMPLES,
     MAX_TIME_S,
     MIN_RATE_HZ,
+    WindowBuffer,
     decode_accel,
     encode_binary,
 )

@@ -10,8 +10,7 @@ import os
 import numpy as np
 import pytest
 from harstream.stream import state
-from harstream.stream.buffers import WindowBuffer
-from harstream.stream.families.har import Samples
+from harstream.stream.families.har import Samples, WindowBuffer
 from harstream.stream.series_route import LastValues
 from harstream.stream.text_route import MessageBuffer
 
