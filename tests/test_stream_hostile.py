@@ -271,7 +271,7 @@ def failing_route(route: Route, trigger: bytes, action) -> Route:
 
 def har_route(har_predictor, prefix: str) -> Route:
     from harstream.stream.config import ServeConfig
-    from harstream.stream.har_route import build
+    from harstream.stream.families.har import build
 
     return build(ServeConfig(prefix=prefix), har_predictor)
 

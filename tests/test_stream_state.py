@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from harstream.stream import state
 from harstream.stream.families.har import Samples, WindowBuffer
-from harstream.stream.series_route import LastValues
-from harstream.stream.text_route import MessageBuffer
+from harstream.stream.families.series import LastValues
+from harstream.stream.families.text import MessageBuffer
 
 T0 = 1_700_000_000.0
 
