@@ -32,7 +32,7 @@ from harstream.stream.service import Service
 
 from harstream.bench.mqtt_wire import WireClient
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_80_samples_give_exactly_one_prediction_with_the_contract_fields(serve, device):
