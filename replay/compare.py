@@ -23,8 +23,8 @@ import numpy as np
 import orjson
 from harstream.models.windows import WINDOW
 from harstream.replay.pacing import Chunk
-from harstream.stream.codec import DEFAULT_RATE_HZ
 from harstream.stream.config import ServeConfig
+from harstream.stream.families.har import DEFAULT_RATE_HZ
 
 MATCH_TOLERANCE_S = 1e-3  # the service may recompute t0 + i / rate_hz with rounding
 

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 from harstream.replay.pacing import Chunk
-from harstream.stream.codec import BINARY_CONTENT_TYPE, MAX_SAMPLES, encode_binary, encode_json
 from harstream.stream.connection import BrokerConfig, connect, make_client
 from harstream.stream.contract import topic
+from harstream.stream.families.har import BINARY_CONTENT_TYPE, MAX_SAMPLES, encode_binary
+from harstream.stream.payloads import encode_json
 
 CONNECT_TIMEOUT_S = 10.0
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from harstream.models.data import DataError, LoadReport, Recording, load_recordings
 from harstream.replay.pacing import Track
-from harstream.stream.codec import DEFAULT_RATE_HZ
 from harstream.stream.contract import ID_RULE, is_valid_id
+from harstream.stream.families.har import DEFAULT_RATE_HZ
 
 
 @dataclass

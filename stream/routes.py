@@ -30,9 +30,10 @@ Contract for the pieces (all run on the MQTT network thread except ``encode``):
 - ``encode(id, info, probs, predictor, latency_ms) -> bytes`` builds the output payload
   from one row of the predictor's output; it runs on the inference worker thread.
 
-A family adds a module ``stream/<family>_route.py`` with ``build(config, predictor=None) ->
-Route`` and an entry in :data:`ROUTE_BUILDERS`; ``harstream serve --families`` then serves
-it with the same batching engine, metrics, error reporting and lifecycle.
+A family adds a module ``stream/families/<family>.py`` (decode, buffer, then
+``build(config, predictor=None) -> Route`` with its encoder) and an entry in
+:data:`ROUTE_BUILDERS`; ``harstream serve --families`` then serves it with the same batching
+engine, metrics, error reporting and lifecycle.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ if TYPE_CHECKING:
 # family -> "module:function" of its route builder. A module that does not exist (yet) makes
 # the family unavailable: skipped under the default ``--families``, an error when asked for.
 ROUTE_BUILDERS: dict[str, str] = {
-    "har": "harstream.stream.har_route:build",
-    "text": "harstream.stream.text_route:build",
-    "series": "harstream.stream.series_route:build",
+    "har": "harstream.stream.families.har:build",
+    "text": "harstream.stream.families.text:build",
+    "series": "harstream.stream.families.series:build",
 }
 
 

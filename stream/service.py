@@ -37,12 +37,12 @@ import paho.mqtt.client as mqtt
 from harstream.models.runtime import default_inference_threads, set_cpu_threads
 from harstream.stream import contract, state
 from harstream.stream.broker import EmbeddedBroker, is_listening
-from harstream.stream.buffers import BufferTable
-from harstream.stream.codec import error_payload
 from harstream.stream.config import ConfigError, ServeConfig
 from harstream.stream.connection import BrokerConfig, connect, make_client
+from harstream.stream.devices import BufferTable
 from harstream.stream.engine import DeviceSink, InferenceWorker
 from harstream.stream.metrics import FamilyMetrics, ServiceMetrics
+from harstream.stream.payloads import error_payload
 from harstream.stream.ratelimit import RATE_LIMITED, RateLimit
 from harstream.stream.routes import (
     ROUTE_BUILDERS,

@@ -25,14 +25,14 @@ from harstream.stream.broker import (
     is_listening,
     mosquitto_binary,
 )
-from harstream.stream.codec import encode_binary
 from harstream.stream.config import ServeConfig
 from harstream.stream.connection import BrokerConfig
+from harstream.stream.families.har import encode_binary
 from harstream.stream.service import Service
 
 from harstream.bench.mqtt_wire import WireClient
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_80_samples_give_exactly_one_prediction_with_the_contract_fields(serve, device):

@@ -120,7 +120,7 @@ def test_password_file_is_read_and_excludes_a_second_password(tmp_path):
 def test_unavailable_family_fails_when_asked_and_is_skipped_by_default(monkeypatch, har_predictor):
     for family in ("text", "series"):
         monkeypatch.delitem(routes.ROUTE_BUILDERS, family)
-    monkeypatch.setitem(routes.ROUTE_BUILDERS, "ghost", "harstream.stream.ghost_route:build")
+    monkeypatch.setitem(routes.ROUTE_BUILDERS, "ghost", "harstream.stream.families.ghost:build")
     with pytest.raises(routes.RouteUnavailable, match="ghost"):
         build_routes(ServeConfig(families=["ghost"]))
     built = build_routes(ServeConfig(), predictors={"har": har_predictor})

@@ -10,10 +10,9 @@ import os
 import numpy as np
 import pytest
 from harstream.stream import state
-from harstream.stream.buffers import WindowBuffer
-from harstream.stream.codec import Samples
-from harstream.stream.series_route import LastValues
-from harstream.stream.text_route import MessageBuffer
+from harstream.stream.families.har import Samples, WindowBuffer
+from harstream.stream.families.series import LastValues
+from harstream.stream.families.text import MessageBuffer
 
 T0 = 1_700_000_000.0
 

@@ -14,12 +14,12 @@ import orjson
 import pytest
 from bus_client import T0
 from harstream.stream import contract
-from harstream.stream.buffers import WindowBuffer
-from harstream.stream.codec import (
+from harstream.stream.families.har import (
     MAX_ABS_ACCEL,
     MAX_SAMPLES,
     MAX_TIME_S,
     MIN_RATE_HZ,
+    WindowBuffer,
     decode_accel,
     encode_binary,
 )
@@ -271,7 +271,7 @@ def failing_route(route: Route, trigger: bytes, action) -> Route:
 
 def har_route(har_predictor, prefix: str) -> Route:
     from harstream.stream.config import ServeConfig
-    from harstream.stream.har_route import build
+    from harstream.stream.families.har import build
 
     return build(ServeConfig(prefix=prefix), har_predictor)
 

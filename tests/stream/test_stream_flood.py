@@ -14,8 +14,8 @@ import uuid
 
 import numpy as np
 from bus_client import T0, WAIT
-from harstream.stream.codec import encode_binary
 from harstream.stream.connection import BrokerConfig, connect, make_client
+from harstream.stream.families.har import encode_binary
 
 RATE = 20.0
 DEVICES = 50

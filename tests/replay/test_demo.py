@@ -10,7 +10,7 @@ from pathlib import Path
 from harstream.models.registry import DEFAULT_CHECKPOINTS
 from harstream.stream.broker import free_port, is_listening
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_runs_for_its_duration_and_cleans_up(har_model_path: Path) -> None:

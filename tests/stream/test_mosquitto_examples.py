@@ -22,7 +22,7 @@ from harstream.stream.config import ServeConfig
 from harstream.stream.connection import BrokerConfig, broker_config, connect, make_client
 from harstream.stream.service import Service
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
 needs_mosquitto = pytest.mark.skipif(mosquitto_binary() is None, reason="needs mosquitto")
