@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
-from harstream.models.windows import RATE_HZ
+from harstream.models.har.windows import RATE_HZ
 from harstream.stream.routes import PayloadError
 
 BINARY_MAGIC = b"HSA1"
