@@ -19,9 +19,9 @@ from harstream import __version__
 
 AREAS = (
     "harstream.stream.cli",
-    "harstream.models.har_cli",
-    "harstream.models.text_cli",
-    "harstream.models.series_cli",
+    "harstream.models.har.cli",
+    "harstream.models.text.cli",
+    "harstream.models.series.cli",
     "harstream.replay.cli",
     "harstream.bench.cli",
 )

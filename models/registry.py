@@ -19,9 +19,9 @@ DEFAULT_CHECKPOINTS = {
     "series": WEIGHTS_DIR / "series-lstm",
 }
 FAMILY_MODULES = {
-    "har": "harstream.models.har_checkpoint",
-    "text": "harstream.models.text_checkpoint",
-    "series": "harstream.models.series_checkpoint",
+    "har": "harstream.models.har.checkpoint",
+    "text": "harstream.models.text.checkpoint",
+    "series": "harstream.models.series.checkpoint",
 }
 
 

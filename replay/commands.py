@@ -117,7 +117,7 @@ def run_streams(
 
 def run_replay(args: argparse.Namespace) -> int:
     """``harstream replay``."""
-    from harstream.models.data import DataError
+    from harstream.models.har.data import DataError
     from harstream.replay.recordings import load_tracks
 
     try:

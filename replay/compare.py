@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
-from harstream.models.windows import WINDOW
+from harstream.models.har.windows import WINDOW
 from harstream.replay.pacing import Chunk
 from harstream.stream.config import ServeConfig
 from harstream.stream.families.har import DEFAULT_RATE_HZ
@@ -294,7 +294,7 @@ class Scoreboard:
                 "models": dict(self.models),
             }
         if y_true:
-            from harstream.models.metrics import (
+            from harstream.models.reports import (
                 classification_report,  # scikit-learn: slow to import
             )
 
@@ -342,7 +342,7 @@ def format_report(report: dict[str, Any]) -> str:
     if report["accuracy"] is None:
         lines.append("accuracy: n/a (no labelled windows)")
     else:
-        from harstream.models.metrics import format_report as format_scores
+        from harstream.models.reports import format_report as format_scores
 
         scores = {k: report[k] for k in ("accuracy", "macro_f1", "per_class", "confusion")}
         lines.append(format_scores(scores, report["classes"]))

@@ -258,7 +258,7 @@ def _service_config(args: argparse.Namespace, cfg: BrokerConfig) -> ServeConfig:
 def run_demo(args: argparse.Namespace) -> int:
     """``harstream demo``."""
     from harstream.models.checkpoint import CheckpointError
-    from harstream.models.data import DataError
+    from harstream.models.har.data import DataError
     from harstream.stream.routes import RouteUnavailable
     from harstream.stream.service import Service, build_routes
 

@@ -1,6 +1,6 @@
 """Turn recorded files into replayable per-device tracks, using the HAR data loaders.
 
-Parsing belongs to ``models.data`` (every layout, dirty lines skipped and counted); this
+Parsing belongs to ``models.har.data`` (every layout, dirty lines skipped and counted); this
 module only decides device ids and times: a file's subject/device column names the device
 (or ``--device-id``), recorded timestamps are kept as they are, and files without them are
 taken as consecutive samples at 20 Hz.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from harstream.models.data import DataError, LoadReport, Recording, load_recordings
+from harstream.models.har.data import DataError, LoadReport, Recording, load_recordings
 from harstream.replay.pacing import Track
 from harstream.stream.contract import ID_RULE, is_valid_id
 from harstream.stream.families.har import DEFAULT_RATE_HZ

@@ -42,14 +42,14 @@ def broker():
 @pytest.fixture(scope="session")
 def har_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A HAR CNN checkpoint with random weights (until tests need the shipped one)."""
-    from harstream.models import har, har_checkpoint
+    from harstream.models.har import checkpoint, network
 
     path = tmp_path_factory.mktemp("har-model") / "har-cnn"
-    har_checkpoint.save(
+    checkpoint.save(
         path,
         "har-cnn",
         {"num_classes": len(HAR_TEST_CLASSES)},
-        har.init_params(har.HarCNN(num_classes=len(HAR_TEST_CLASSES)), seed=3),
+        network.init_params(network.HarCNN(num_classes=len(HAR_TEST_CLASSES)), seed=3),
         {
             "classes": HAR_TEST_CLASSES,
             "normalization": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},

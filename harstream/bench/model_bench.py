@@ -104,12 +104,12 @@ def random_har_checkpoint(arch: str, path: Path, seed: int = 1) -> Path:
     """
     import jax
 
-    from harstream.models import har, har_checkpoint
+    from harstream.models.har import checkpoint, network
 
-    model = har.build(arch, {"num_classes": 6})
-    params = jax.jit(lambda: har.init_params(model, seed=seed))()
+    model = network.build(arch, {"num_classes": 6})
+    params = jax.jit(lambda: network.init_params(model, seed=seed))()
     meta = {**RANDOM_HAR_META, "name": arch}
-    return har_checkpoint.save(path, arch, {"num_classes": 6}, params, meta)
+    return checkpoint.save(path, arch, {"num_classes": 6}, params, meta)
 
 
 def sample_input(predictor: Any, batch: int, rng: np.random.Generator) -> np.ndarray:

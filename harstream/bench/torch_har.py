@@ -18,7 +18,7 @@ from torch.nn import functional as F  # noqa: N812 (the PyTorch convention)
 
 
 class TorchHarCNN(nn.Module):
-    """``models.har.HarCNN`` in PyTorch: the convolutions run channels-first (NCW)."""
+    """``models.har.network.HarCNN`` in PyTorch: the convolutions run channels-first (NCW)."""
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, num_classes: int = 6, dropout=0.5):
         super().__init__()
@@ -52,7 +52,8 @@ class TorchHarCNN(nn.Module):
 
 
 class TorchHarLSTM(nn.Module):
-    """``models.har.HarLSTM`` in PyTorch (``nn.LSTM``, gates in the same i, f, g, o order)."""
+    """``models.har.network.HarLSTM`` in PyTorch (``nn.LSTM``, gates in the same i, f, g, o
+    order)."""
 
     def __init__(
         self, mean: np.ndarray, std: np.ndarray, num_classes=6, hidden=64, layers=2, dropout=0.5

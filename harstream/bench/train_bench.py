@@ -53,14 +53,14 @@ def jax_training(arch: str, config: TrainBenchConfig) -> dict[str, Any]:
     """Samples/s of ``models.training.fit`` with Adam on ``arch``."""
     import optax
 
-    from harstream.models import har
+    from harstream.models.har import network
     from harstream.models.training import classifier_loss, fit
 
-    model = har.build(arch, {"num_classes": len(RANDOM_HAR_META["classes"])})
+    model = network.build(arch, {"num_classes": len(RANDOM_HAR_META["classes"])})
     x, y = synthetic_windows(config.batch * config.steps, model.num_classes, config.seed)
     result = fit(
         classifier_loss(model),
-        har.init_params(model, seed=config.seed),
+        network.init_params(model, seed=config.seed),
         (x, y),
         optax.adam(LEARNING_RATE),
         epochs=config.epochs,

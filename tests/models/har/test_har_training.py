@@ -1,4 +1,4 @@
-"""Training loop, metrics, subject split, augmentation, summary and the HAR commands.
+"""HAR subject split, augmentation, summary, baseline and the HAR train/evaluate commands.
 
 The end-to-end runs use small generated WISDM-style files (one per subject) whose classes
 differ in gravity direction and rhythm, so a couple of epochs learn them.
@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from harstream.models import har, metrics, summary, training
-from harstream.models.har_training import (
+from harstream.models import summary
+from harstream.models.har import network
+from harstream.models.har.training import (
     HarTrainConfig,
     augment_windows,
     class_order,
@@ -69,94 +68,6 @@ def trained(generated, tmp_path_factory) -> Path:
     )  # fmt: skip
     assert code == 0
     return out
-
-
-class Tiny(nn.Module):
-    @nn.compact
-    def __call__(self, x, *, train: bool = False):
-        x = nn.relu(nn.Dense(16)(x.reshape(x.shape[0], -1)))
-        x = nn.Dropout(0.1, deterministic=not train)(x)
-        return nn.Dense(3)(x)
-
-
-def tiny_run(seed: int, **kwargs):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(192, 8)).astype(np.float32)
-    y = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 1).astype(np.int32)
-    model = Tiny()
-    params = model.init(jax.random.PRNGKey(seed), x[:1])["params"]
-    validate = training.classification_eval(
-        lambda p, v: model.apply({"params": p}, v), x[:64], y[:64], batch_size=50
-    )
-    return training.fit(
-        training.classifier_loss(model, label_smoothing=0.05),
-        params,
-        (x, y),
-        optax.adam(1e-2),
-        epochs=6,
-        batch_size=32,
-        seed=seed,
-        validate=validate,
-        monitor="val_accuracy",
-        mode="max",
-        progress=False,
-        **kwargs,
-    )
-
-
-def test_fit_lowers_the_loss_and_is_deterministic(tmp_path):
-    first, again = tiny_run(0), tiny_run(0)
-    losses = [h["loss"] for h in first.history]
-    assert losses[-1] < 0.7 * losses[0]
-    assert first.best_value > 0.65
-    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in first.history]
-    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in again.history]
-    assert jax.tree_util.tree_all(
-        jax.tree_util.tree_map(np.array_equal, first.params, again.params)
-    )
-    assert first.best_epoch == max(range(1, 7), key=lambda e: first.history[e - 1]["val_accuracy"])
-    png = training.save_curves(first.history, tmp_path / "curves.png", best_epoch=2)
-    assert png.stat().st_size > 1000
-
-
-def test_fit_weight_average_and_last_epoch():
-    plain, last, ema = tiny_run(0), tiny_run(0, restore_best=False), tiny_run(0, ema_decay=0.9)
-    assert last.best_epoch == 6 and last.best_value == last.history[-1]["val_accuracy"]
-    assert plain.history[0]["loss"] == ema.history[0]["loss"]  # same steps, other weights
-    differ = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b), plain.params, ema.params)
-    assert any(jax.tree_util.tree_leaves(differ))
-    assert ema.history[0]["val_accuracy"] != plain.history[0]["val_accuracy"]
-    assert ema.best_value > 0.65
-    with pytest.raises(ValueError, match="ema_decay"):
-        tiny_run(0, ema_decay=1.0)
-
-
-def test_fit_rejects_bad_arguments():
-    x, y = np.zeros((4, 2), np.float32), np.zeros(3, np.int32)
-    with pytest.raises(ValueError, match="differ in length"):
-        training.fit(lambda p, b, r: (0.0, {}), {}, (x, y), optax.sgd(1), epochs=1, batch_size=2)
-    with pytest.raises(ValueError, match="mode"):
-        training.fit(lambda p, b, r: (0.0, {}), {}, (x,), optax.sgd(1), epochs=1, batch_size=2,
-                     mode="up")  # fmt: skip
-
-
-def test_classification_report_keys_and_values(tmp_path):
-    classes = ["walking", "jogging", "sitting"]
-    report = metrics.classification_report(
-        ["walking", "walking", "jogging", "sitting"], [0, 1, 1, 2], classes
-    )
-    assert list(report) == ["accuracy", "macro_f1", "per_class", "confusion"]
-    assert report["accuracy"] == 0.75
-    assert report["confusion"] == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
-    assert report["per_class"]["walking"] == {
-        "precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2,
-    }  # fmt: skip
-    assert report["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
-    text = metrics.format_report({**report, "windows": 4})
-    assert "macro F1" in text and "windows" in text and "0.7500" in text
-    assert metrics.save_confusion_png(report, classes, tmp_path / "c.png").stat().st_size > 1000
-    with pytest.raises(ValueError, match="'running' is not one of the classes"):
-        metrics.classification_report(["running"], ["walking"], classes)
 
 
 def test_split_is_deterministic_disjoint_and_honours_choices():
@@ -248,9 +159,9 @@ def test_summary_of_both_architectures(capsys):
     assert main(["summary", "har-cnn"]) == 0
     out = capsys.readouterr().out
     assert "Total params: 520,486" in out and "(None, 71, 100)" in out and "conv4 (Conv)" in out
-    lstm = har.HarLSTM()
+    lstm = network.HarLSTM()
     rows, total = summary.layer_rows(lstm, jax.ShapeDtypeStruct((1, 80, 3), jnp.float32))
-    assert total == har.count_params(har.init_params(lstm))
+    assert total == network.count_params(network.init_params(lstm))
     assert [r[0] for r in rows][:2] == ["lstm1", "lstm2"] and sum(r[3] for r in rows) == total
 
 
@@ -320,7 +231,7 @@ def test_fixed_epochs_without_validation_and_cross_validation(generated, tmp_pat
 
 def test_real_data_smoke(shared_data, tmp_path):
     """Few real subjects, one epoch: the pipeline runs end to end on the real layout."""
-    from harstream.models.har_training import HarTrainConfig, train_har
+    from harstream.models.har.training import HarTrainConfig, train_har
 
     folder = tmp_path / "few"
     folder.mkdir()
@@ -336,7 +247,7 @@ def test_real_data_smoke(shared_data, tmp_path):
 
 
 def test_baseline_features_and_fit():
-    from harstream.models.baseline import predict_baseline, train_baseline, window_features
+    from harstream.models.har.baseline import predict_baseline, train_baseline, window_features
 
     rng = np.random.default_rng(0)
     t = np.arange(80) / 20.0

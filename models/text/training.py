@@ -1,29 +1,34 @@
-"""Train and evaluate the text CNN, with a TF-IDF + linear baseline on the same split.
+"""Train the text CNN, with TF-IDF + linear baselines on the same split.
 
 Messages are split once, stratified by label and seeded, into train / validation (early
 stopping) / test (reported only). The split is reproducible from the checkpoint: it stores
-the seed, the fractions and a hash of the data file, so ``evaluate text --held-out`` scores
-exactly the messages the model never saw. Accuracy alone flatters a set that is 87% ham,
-so every report carries the Matthews correlation (``mcc``) as well.
+the seed, the fractions and a hash of the data file (see ``models.text.evaluation``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harstream.models import text, text_prep
+from harstream.models.text import network
+from harstream.models.text.data import (
+    TextEncoder,
+    Vocabulary,
+    clean,
+    file_digest,
+    length_for,
+    read_labelled_texts,
+    stratified_split,
+)
+from harstream.models.text.evaluation import text_report
 
 log = logging.getLogger(__name__)
-
-EVAL_BATCH = 128
 
 
 @dataclass
@@ -48,51 +53,6 @@ class TextTrainConfig:
     test_fraction: float = 0.2
     val_fraction: float = 0.1
     version: str = field(default_factory=lambda: dt.date.today().strftime("%Y.%m.%d"))
-
-
-@dataclass
-class Split:
-    """Row indices of each part of a stratified split."""
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a data file, so a held-out evaluation can prove it has the same messages."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def stratified_split(
-    labels: Sequence[str], seed: int = 0, test_fraction: float = 0.2, val_fraction: float = 0.1
-) -> Split:
-    """Seeded train/validation/test indices with each label's share kept in every part."""
-    from sklearn.model_selection import train_test_split
-
-    index = np.arange(len(labels))
-    labels = np.asarray(labels)
-    rest, test = train_test_split(
-        index, test_size=test_fraction, stratify=labels, random_state=seed
-    )
-    train, val = train_test_split(
-        rest,
-        test_size=val_fraction / (1.0 - test_fraction),
-        stratify=labels[rest],
-        random_state=seed,
-    )
-    return Split(np.sort(train), np.sort(val), np.sort(test))
-
-
-def text_report(y_true: Any, y_pred: Any, classes: Sequence[str]) -> dict[str, Any]:
-    """The shared classification report plus the Matthews correlation and message count."""
-    from harstream.models import metrics
-    from sklearn.metrics import matthews_corrcoef
-
-    report = metrics.classification_report(y_true, y_pred, classes)
-    report["mcc"] = float(matthews_corrcoef(np.asarray(y_true), np.asarray(y_pred)))
-    report["messages"] = len(y_true)
-    return report
 
 
 BASELINES = {
@@ -123,7 +83,7 @@ def baselines(
     }
     pipelines = {
         name: make_pipeline(
-            TfidfVectorizer(preprocessor=text_prep.clean, sublinear_tf=True, **kwargs), LinearSVC()
+            TfidfVectorizer(preprocessor=clean, sublinear_tf=True, **kwargs), LinearSVC()
         )
         for name, kwargs in features.items()
     }
@@ -135,15 +95,15 @@ def baselines(
     return reports
 
 
-def build_encoder(config: TextTrainConfig, train_texts: Sequence[str]) -> text_prep.TextEncoder:
+def build_encoder(config: TextTrainConfig, train_texts: Sequence[str]) -> TextEncoder:
     """Vocabularies and lengths from the training messages only."""
-    words = text_prep.Vocabulary.build(train_texts, min_count=config.min_count)
-    max_len = config.max_len or text_prep.length_for(train_texts)
+    words = Vocabulary.build(train_texts, min_count=config.min_count)
+    max_len = config.max_len or length_for(train_texts)
     if config.model != "hybrid":
-        return text_prep.TextEncoder(words, max_len)
-    chars = text_prep.Vocabulary.build(train_texts, min_count=config.min_count, level="chars")
-    char_len = config.char_len or text_prep.length_for(train_texts, level="chars")
-    return text_prep.TextEncoder(words, max_len, chars, char_len)
+        return TextEncoder(words, max_len)
+    chars = Vocabulary.build(train_texts, min_count=config.min_count, level="chars")
+    char_len = config.char_len or length_for(train_texts, level="chars")
+    return TextEncoder(words, max_len, chars, char_len)
 
 
 def train_text(
@@ -152,13 +112,14 @@ def train_text(
     """Train, test on held-out messages, fit the baselines, save checkpoint and curves."""
     import jax
     import optax
-    from harstream.models import glove, text_checkpoint, training
+    from harstream.models import training
+    from harstream.models.text import checkpoint, glove
 
-    if config.model not in text.CLI_NAMES:
+    if config.model not in network.CLI_NAMES:
         raise ValueError(
-            f"unknown model {config.model!r}; expected one of {sorted(text.CLI_NAMES)}"
+            f"unknown model {config.model!r}; expected one of {sorted(network.CLI_NAMES)}"
         )
-    texts, labels = text_prep.read_labelled_texts(config.data)
+    texts, labels = read_labelled_texts(config.data)
     classes = sorted(set(labels))
     if len(classes) < 2:
         raise ValueError(f"{config.data}: need at least two labels, found {classes}")
@@ -168,7 +129,7 @@ def train_text(
     part_texts = {k: [texts[i] for i in getattr(split, k)] for k in ("train", "val", "test")}
     encoder = build_encoder(config, part_texts["train"])
     vocab = encoder.words
-    arch = text.CLI_NAMES[config.model]
+    arch = network.CLI_NAMES[config.model]
     arch_config = {
         "vocab_size": len(vocab),
         "num_classes": len(classes),
@@ -176,8 +137,8 @@ def train_text(
     }
     if encoder.chars is not None:
         arch_config.update(char_vocab_size=len(encoder.chars), word_len=encoder.max_len)
-    model = text.build(arch, arch_config)
-    if min(encoder.max_len, encoder.char_len or encoder.max_len) < text.min_length(model):
+    model = network.build(arch, arch_config)
+    if min(encoder.max_len, encoder.char_len or encoder.max_len) < network.min_length(model):
         raise ValueError("max_len/char_len is shorter than the widest convolution")
     log.info(
         "%d messages: train %d, validation %d, test %d; vocabulary %d, max_len %d, char_len %d",
@@ -185,7 +146,7 @@ def train_text(
         encoder.max_len, encoder.char_len,
     )  # fmt: skip
     ids = {k: encoder.encode_all(v) for k, v in part_texts.items()}
-    params = text.init_params(model, encoder.width, seed=config.seed)
+    params = network.init_params(model, encoder.width, seed=config.seed)
     found = None
     if config.embeddings:
         matrix, found = glove.embedding_matrix(
@@ -214,7 +175,7 @@ def train_text(
         desc=arch,
     )
     params = jax.device_get(result.params)
-    forward = jax.jit(text.make_forward(model))
+    forward = jax.jit(network.make_forward(model))
     probs = training.predict_batches(forward, params, ids["test"])
     test_report = text_report(y[split.test], probs.argmax(-1), classes)
     base = baselines(
@@ -251,67 +212,9 @@ def train_text(
         "metrics": {"validation_loss": result.best_value, "test": test_report, "baselines": base},
     }
     out = Path(out)
-    text_checkpoint.save(out, arch, arch_config, params, meta)
+    checkpoint.save(out, arch, arch_config, params, meta)
     training.save_curves(
         result.history, out / "curves.png", title=f"{arch} on {Path(config.data).name}",
         best_epoch=result.best_epoch,
     )  # fmt: skip
     return meta
-
-
-def held_out(meta: dict[str, Any], data: str | Path, labels: Sequence[str]) -> np.ndarray:
-    """Indices of the test messages of the checkpoint's split, for the same data file."""
-    info = meta.get("training", {})
-    if info.get("data_sha256") != file_digest(data):
-        raise ValueError(
-            f"{data} is not the file this model was trained on (sha256 differs); "
-            "--held-out needs the training file"
-        )
-    split = info["split"]
-    return stratified_split(
-        labels, split["seed"], split["test_fraction"], split["val_fraction"]
-    ).test
-
-
-def evaluate_text(
-    predict: Callable[[np.ndarray], np.ndarray],
-    meta: dict[str, Any],
-    texts: Sequence[str],
-    labels: Sequence[str],
-) -> dict[str, Any]:
-    """Report of ``predict`` (token ids -> probabilities) on labelled messages.
-
-    ``meta`` is the checkpoint's metadata (its tokenizer and classes); labels must be
-    among the model's classes.
-    """
-    classes = meta["classes"]
-    unknown = sorted(set(labels) - set(classes))
-    if unknown:
-        raise ValueError(f"labels {unknown} are not classes of the model {classes}")
-    probs = predict(text_prep.texts_to_ids(texts, meta))
-    return text_report(list(labels), [classes[i] for i in probs.argmax(-1)], classes)
-
-
-def evaluate_checkpoint(
-    path: str | Path | None, data: str | Path, *, held_out_only: bool = False
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(report, meta)`` of a checkpoint (the shipped one for None) on a labelled file.
-
-    One jitted forward at a fixed batch size (a single compile) scores every message;
-    ``held_out_only`` keeps just the test messages of the model's own split.
-    """
-    import jax
-    from harstream.models import text_checkpoint, training
-    from harstream.models.registry import default_checkpoint
-
-    model, params, meta = text_checkpoint.load(path or default_checkpoint("text"))
-    texts, labels = text_prep.read_labelled_texts(data)
-    if held_out_only:
-        keep = held_out(meta, data, labels)
-        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
-    forward = jax.jit(text.make_forward(model))
-    batch = min(EVAL_BATCH, len(texts))
-    report = evaluate_text(
-        lambda ids: training.predict_batches(forward, params, ids, batch), meta, texts, labels
-    )
-    return report, meta

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from harstream.models.data import Recording
-from harstream.models.windows import make_windows, segments
+from harstream.models.har.data import Recording
+from harstream.models.har.windows import make_windows, segments
 
 
 def recording(n: int, labels=None, t=None, subject: str = "s1") -> Recording:

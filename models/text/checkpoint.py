@@ -13,8 +13,9 @@ from typing import Any
 
 import jax
 import numpy as np
-from harstream.models import checkpoint, text, text_prep
+from harstream.models import checkpoint
 from harstream.models.predictor import Predictor
+from harstream.models.text import data, network
 
 
 def save(
@@ -29,9 +30,9 @@ def save(
 
 def load(path: str | Path) -> tuple[Any, dict[str, Any], Any]:
     """Return ``(module, params, meta)``, checking weights, vocabulary and classes."""
-    model, meta = checkpoint.build_from_meta(path, "text", text.build)
+    model, meta = checkpoint.build_from_meta(path, "text", network.build)
     try:
-        encoder = text_prep.TextEncoder.from_meta(meta)
+        encoder = data.TextEncoder.from_meta(meta)
     except (ValueError, TypeError) as exc:
         raise checkpoint.CheckpointError(f"{path}: {exc}") from None
     sizes = [(len(encoder.words), model.vocab_size)]
@@ -44,22 +45,22 @@ def load(path: str | Path) -> tuple[Any, dict[str, Any], Any]:
                 f"{path}: vocabulary of {got} tokens for a model of {want}"
             )
     checkpoint.check_classes(path, meta, model.num_classes)
-    expected = jax.eval_shape(lambda: text.init_params(model, encoder.width))
+    expected = jax.eval_shape(lambda: network.init_params(model, encoder.width))
     params, meta = checkpoint.load(path, expected)
     return model, params, meta
 
 
 def texts_to_ids(texts: Sequence[str], meta: dict[str, Any]) -> np.ndarray:
     """Raw messages -> the ``(n, width)`` int32 ids a text Predictor takes."""
-    return text_prep.texts_to_ids(texts, meta)
+    return data.texts_to_ids(texts, meta)
 
 
 def predictor_from_checkpoint(path: Path, max_batch: int = 256) -> Predictor:
     """A compiled text predictor: ``(n, width)`` token ids in, class probabilities out."""
     model, params, meta = load(path)
-    width = text_prep.TextEncoder.from_meta(meta).width
+    width = data.TextEncoder.from_meta(meta).width
     return Predictor(
-        text.make_forward(model),
+        network.make_forward(model),
         params,
         item_shape=(width,),
         item_kind="i",

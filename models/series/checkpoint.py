@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
-from harstream.models import checkpoint, series
+from harstream.models import checkpoint
 from harstream.models.predictor import Predictor
+from harstream.models.series import network
 
 GLOBAL_KEYS = ("x_mean", "x_std", "y_mean", "y_std")
 
@@ -31,7 +32,7 @@ def save(
 
 def load(path: str | Path) -> tuple[Any, dict[str, Any], Any]:
     """Return ``(module, params, meta)``, checking the weights and the normalization."""
-    model, meta = checkpoint.build_from_meta(path, "series", series.build)
+    model, meta = checkpoint.build_from_meta(path, "series", network.build)
     norm = meta.get("normalization")
     mode = norm.get("mode") if isinstance(norm, dict) else None
     if mode not in ("global", "window") or (
@@ -40,7 +41,7 @@ def load(path: str | Path) -> tuple[Any, dict[str, Any], Any]:
         raise checkpoint.CheckpointError(
             f"{path}: normalization must be {{'mode': 'window'}} or 'global' with {GLOBAL_KEYS}"
         )
-    expected = jax.eval_shape(lambda: series.init_params(model))
+    expected = jax.eval_shape(lambda: network.init_params(model))
     params, meta = checkpoint.load(path, expected)
     return model, params, meta
 
@@ -49,7 +50,7 @@ def predictor_from_checkpoint(path: Path, max_batch: int = 256) -> Predictor:
     """A compiled forecaster: ``(n, k)`` windows of raw values in, ``(n,)`` next values out."""
     model, params, meta = load(path)
     return Predictor(
-        series.make_forward(model, meta["normalization"]),
+        network.make_forward(model, meta["normalization"]),
         params,
         item_shape=(model.window,),
         name=meta["name"],

@@ -1,7 +1,7 @@
 """The text family: Yoon Kim's sentence CNN, the article's simpler convolution stack, and
 a hybrid of Kim's CNN over words and over characters.
 
-All take ``(n, width)`` int32 token ids (0 = padding, see ``models.text_prep``) and
+All take ``(n, width)`` int32 token ids (0 = padding, see ``models.text.data``) and
 return class logits; ``make_forward`` adds the softmax so the served program is one call.
 Padding positions embed to zero vectors, so a message's prediction does not depend on how
 much padding the checkpoint's ``max_len`` adds.
@@ -15,7 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from harstream.models.text_prep import PAD_ID
+from harstream.models.text.data import PAD_ID
 
 
 def _embed(ids: jax.Array, vocab_size: int, dim: int) -> jax.Array:
@@ -60,7 +60,7 @@ class HybridCNN(nn.Module):
     """Kim's word CNN beside the same CNN over characters (case kept), features concatenated.
 
     Input rows hold ``word_len`` word ids then the character ids (see
-    ``models.text_prep.TextEncoder``). Characters see what word tokens lose: spellings
+    ``models.text.data.TextEncoder``). Characters see what word tokens lose: spellings
     such as "FR33" or "txt", capitals, punctuation runs; the linear baseline's strength
     on this data is exactly its character n-grams.
     """

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harstream.models.data import DataError, load_recordings
+from harstream.models.har.data import DataError, load_recordings
 
 
 def write(path: Path, lines: list[str]) -> Path:

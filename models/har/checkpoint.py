@@ -7,9 +7,10 @@ from typing import Any
 
 import jax
 import numpy as np
-from harstream.models import checkpoint, har
+from harstream.models import checkpoint
+from harstream.models.har import network
+from harstream.models.har.windows import AXES, RATE_HZ, WINDOW
 from harstream.models.predictor import Predictor
-from harstream.models.windows import AXES, RATE_HZ, WINDOW
 
 
 def save(
@@ -24,9 +25,9 @@ def save(
 
 def load(path: str | Path) -> tuple[Any, dict[str, Any], Any]:
     """Return ``(module, params, meta)``, checking the weights against the architecture."""
-    model, meta = checkpoint.build_from_meta(path, "har", har.build)
+    model, meta = checkpoint.build_from_meta(path, "har", network.build)
     checkpoint.check_classes(path, meta, model.num_classes)
-    expected = jax.eval_shape(lambda: har.init_params(model))
+    expected = jax.eval_shape(lambda: network.init_params(model))
     params, meta = checkpoint.load(path, expected)
     return model, params, meta
 
@@ -35,7 +36,7 @@ def predictor_from_checkpoint(path: Path, max_batch: int = 256) -> Predictor:
     """A compiled HAR predictor: (n, 80, 3) or (n, 240) m/s^2 in, class probabilities out."""
     model, params, meta = load(path)
     norm = meta["normalization"]
-    forward = har.make_forward(model, np.asarray(norm["mean"]), np.asarray(norm["std"]))
+    forward = network.make_forward(model, np.asarray(norm["mean"]), np.asarray(norm["std"]))
     return Predictor(
         forward,
         params,

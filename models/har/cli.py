@@ -28,7 +28,7 @@ def _val_subjects(text: str) -> list[str]:
 
 def register(groups: dict[str, Any]) -> None:
     """Add ``train har``, ``evaluate har`` and ``summary``."""
-    from harstream.models.windows import DEFAULT_HOP
+    from harstream.models.har.windows import DEFAULT_HOP
 
     train = groups["train"].add_parser(
         "har",
@@ -205,8 +205,8 @@ def register(groups: dict[str, Any]) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from harstream.models.data import DataError
-    from harstream.models.har_training import (
+    from harstream.models.har.data import DataError
+    from harstream.models.har.training import (
         HarTrainConfig,
         cross_validate_har,
         train_baseline_report,
@@ -278,7 +278,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: dict[str, Any], title: str) -> None:
-    from harstream.models.metrics import format_report
+    from harstream.models.reports import format_report
 
     print(f"\n{title}")
     print(format_report(report))
@@ -286,9 +286,9 @@ def _print_report(report: dict[str, Any], title: str) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from harstream.models.checkpoint import CheckpointError
-    from harstream.models.data import DataError
-    from harstream.models.har_training import evaluate_har
-    from harstream.models.metrics import save_confusion_png, write_json
+    from harstream.models.har.data import DataError
+    from harstream.models.har.evaluation import evaluate_har
+    from harstream.models.reports import save_confusion_png, write_json
 
     try:
         report, subjects, meta = evaluate_har(
@@ -317,11 +317,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _summary(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
-    from harstream.models import har
+    from harstream.models.har import network
+    from harstream.models.har.windows import AXES, WINDOW
     from harstream.models.summary import summarize
-    from harstream.models.windows import AXES, WINDOW
 
-    model = har.build(args.arch, {"num_classes": 6})
+    model = network.build(args.arch, {"num_classes": 6})
     example = jax.ShapeDtypeStruct((1, WINDOW, AXES), jnp.float32)
     print(summarize(model, example, args.arch))
     return 0

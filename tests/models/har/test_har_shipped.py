@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from harstream.models.data import load_recordings
-from harstream.models.windows import make_windows
+from harstream.models.har.data import load_recordings
+from harstream.models.har.windows import make_windows
 
 CLASSES = ["walking", "jogging", "stairs", "sitting", "standing", "kicking"]
 

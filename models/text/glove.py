@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from harstream.models.text_prep import PAD_ID
+from harstream.models.text.data import PAD_ID
 
 
 def read_vectors(

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from harstream.models import series
-from harstream.models.series_training import global_normalization, train
+from harstream.models.series import network
+from harstream.models.series.training import global_normalization, train
 
 SHORT_LAG_WEIGHTS = (1.0, 0.5, 0.2, 0.1)
 LONG_LAGS = (20, 50)
@@ -90,12 +90,12 @@ def run_case(
     """Train ``arch`` with window ``k`` on ``(x, y)`` and measure it on the held-out rows."""
     xs, ys = supervised(x, y, k, start)
     tr, va, te = split(len(ys), seed)
-    model = series.build(arch, {"window": k})
+    model = network.build(arch, {"window": k})
     norm = global_normalization(xs[tr], ys[tr])
     result = train(
         model, norm, (xs[tr], ys[tr]), (xs[va], ys[va]), epochs=epochs, patience=patience, seed=seed
     )
-    pred = np.asarray(series.make_forward(model, norm)(result.params, xs[te]))
+    pred = np.asarray(network.make_forward(model, norm)(result.params, xs[te]))
     errors = pred - ys[te]
     mse = float(np.mean(errors**2))
     order = np.argsort(te)

@@ -15,10 +15,12 @@ number or code almost never repeats, but its shape is a strong spam signal.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -277,3 +279,37 @@ def _read_csv(raw: str, path: Path) -> tuple[list[str], list[str]]:
     if not texts:
         raise ValueError(f"{path} holds no messages")
     return texts, labels
+
+
+@dataclass
+class Split:
+    """Row indices of each part of a stratified split."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a data file, so a held-out evaluation can prove it has the same messages."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def stratified_split(
+    labels: Sequence[str], seed: int = 0, test_fraction: float = 0.2, val_fraction: float = 0.1
+) -> Split:
+    """Seeded train/validation/test indices with each label's share kept in every part."""
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(labels))
+    labels = np.asarray(labels)
+    rest, test = train_test_split(
+        index, test_size=test_fraction, stratify=labels, random_state=seed
+    )
+    train, val = train_test_split(
+        rest,
+        test_size=val_fraction / (1.0 - test_fraction),
+        stratify=labels[rest],
+        random_state=seed,
+    )
+    return Split(np.sort(train), np.sort(val), np.sort(test))

@@ -1,4 +1,4 @@
-"""Train and evaluate HAR models on subjects they never saw.
+"""Train HAR models on some subjects and test them on subjects they never saw.
 
 Windows of one recording overlap, so a random window split leaks and flatters a model;
 here subjects are split into train / validation (early stopping) / test (reported only).
@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harstream.models import har
-from harstream.models.data import (
+from harstream.models.har import network
+from harstream.models.har.data import (
     WISDM2019_ACTIVITIES,
     WISDM_V11_ACTIVITIES,
     LoadReport,
     load_recordings,
 )
-from harstream.models.windows import DEFAULT_HOP, WINDOW, Windows, make_windows
+from harstream.models.har.windows import DEFAULT_HOP, WINDOW, Windows, make_windows
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +293,8 @@ def _fit_split(
 
     arch = MODELS[config.model]
     arch_config = {"num_classes": len(classes)}
-    model = har.build(arch, arch_config)
-    params = har.init_params(model, seed=config.seed)
+    model = network.build(arch, arch_config)
+    params = network.init_params(model, seed=config.seed)
 
     def prepare(rng: np.random.Generator, batch):
         x, y = batch
@@ -339,7 +339,8 @@ def _fit_split(
 def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Train, test on held-out subjects, save the checkpoint and curves; return its metadata."""
     import jax
-    from harstream.models import har_checkpoint, metrics, training
+    from harstream.models import reports, training
+    from harstream.models.har import checkpoint
 
     _check_config(config)
     dataset = load_windows(config.data, config.hop)
@@ -351,12 +352,12 @@ def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True)
     fitted = _fit_split(config, windows, split, classes, progress)
     result, parts, norm, arch = fitted.result, fitted.parts, fitted.norm, fitted.arch
     forward = jax.jit(
-        har.make_forward(fitted.model, np.asarray(norm["mean"]), np.asarray(norm["std"]))
+        network.make_forward(fitted.model, np.asarray(norm["mean"]), np.asarray(norm["std"]))
     )
     test_report = None
     if len(parts["test"]):
         probs = training.predict_batches(forward, fitted.params, parts["test"].x)
-        test_report = metrics.classification_report(
+        test_report = reports.classification_report(
             parts["test"].labels, [classes[i] for i in probs.argmax(-1)], classes
         )
         test_report["windows"] = len(parts["test"])
@@ -384,7 +385,7 @@ def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True)
         },
     }
     out = Path(out)
-    har_checkpoint.save(out, arch, fitted.arch_config, fitted.params, meta)
+    checkpoint.save(out, arch, fitted.arch_config, fitted.params, meta)
     training.save_curves(
         result.history,
         out / "curves.png",
@@ -414,7 +415,7 @@ def cross_validate_har(
     stopping), so the mean validation curve shows how many epochs to train the final model.
     The CNN/LSTM or the feature baseline (``config.model == "baseline"``); writes ``cv.json``.
     """
-    from harstream.models import metrics
+    from harstream.models import reports
 
     if config.model != "baseline":
         _check_config(config)
@@ -428,7 +429,7 @@ def cross_validate_har(
         fold = Split(train=[s for s in pool if s not in group], val=group, test=[])
         log.info("fold %d/%d: validation subjects %s", i + 1, folds, group)
         if config.model == "baseline":
-            from harstream.models import baseline
+            from harstream.models.har import baseline
 
             train_w, val_w = windows.of_subjects(fold.train), windows.of_subjects(fold.val)
             model, _ = baseline.train_baseline(train_w.x, train_w.labels, seed=config.seed)
@@ -454,81 +455,15 @@ def cross_validate_har(
         "best_mean_epoch": int(curve.argmax()) + 1,
         "best_mean_val_accuracy": float(curve.max()),
     }
-    metrics.write_json(report, Path(out) / "cv.json")
+    reports.write_json(report, Path(out) / "cv.json")
     return report
-
-
-def _chosen_subjects(
-    windows: Windows,
-    meta: dict[str, Any],
-    subjects: Sequence[str] | None,
-    all_subjects: bool,
-) -> list[str]:
-    present = sorted({str(s) for s in windows.subjects})
-    if subjects:
-        missing = sorted(set(subjects) - set(present))
-        if missing:
-            raise ValueError(f"subject(s) {missing} not in the data; subjects are {present}")
-        return sorted(subjects)
-    held_out = meta.get("training", {}).get("split", {}).get("test") or []
-    if not all_subjects and set(held_out) & set(present):
-        return sorted(set(held_out) & set(present))
-    return present
-
-
-def evaluate_har(
-    checkpoint_path: str | Path | None,
-    data: str | Path,
-    *,
-    subjects: Sequence[str] | None = None,
-    all_subjects: bool = False,
-    hop: int | None = None,
-) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
-    """Score a HAR checkpoint (the shipped one for ``None``) on labelled data.
-
-    Returns ``(report, subjects scored, checkpoint meta)``. Without ``subjects``, the
-    checkpoint's held-out test subjects are scored when the data holds any of them (so
-    the number is honest), else every subject. Windows whose activity the model does not
-    know are left out with a warning. One jit-compiled batch size serves the whole data
-    set (a serving ``Predictor`` would compile every bucket).
-    """
-    import jax
-    from harstream.models import har_checkpoint, metrics, registry, training
-
-    path = checkpoint_path or registry.default_checkpoint("har")
-    model, params, meta = har_checkpoint.load(path)
-    classes = list(meta["classes"])
-    dataset = load_windows(data, hop or meta.get("hop", DEFAULT_HOP))
-    log.info(dataset.report.summary())
-    chosen = _chosen_subjects(dataset.windows, meta, subjects, all_subjects)
-    windows = dataset.windows.of_subjects(chosen)
-    known = np.isin(windows.labels, classes)
-    if not known.all():
-        unknown = sorted(set(windows.labels[~known].tolist()))
-        if not known.any():
-            raise ValueError(
-                f"none of the activities {unknown} in {data} is known to the model "
-                f"(it knows {classes})"
-            )
-        log.warning(
-            "left out %d window(s) of activities unknown to the model: %s",
-            int((~known).sum()),
-            unknown,
-        )
-        windows = windows.select(known)
-    norm = meta["normalization"]
-    forward = jax.jit(har.make_forward(model, np.asarray(norm["mean"]), np.asarray(norm["std"])))
-    probs = training.predict_batches(forward, params, windows.x, batch_size=512)
-    predicted = [classes[i] for i in probs.argmax(axis=1)]
-    report = metrics.classification_report(windows.labels, predicted, classes)
-    report["windows"] = len(windows)
-    return report, chosen, meta
 
 
 def train_baseline_report(config: HarTrainConfig, out: str | Path) -> dict[str, Any]:
     """Fit the feature baseline on the training subjects of the same split as ``train_har``
     and score it on the test subjects; write ``report.json`` and a confusion PNG to ``out``."""
-    from harstream.models import baseline, metrics
+    from harstream.models import reports
+    from harstream.models.har import baseline
 
     dataset = load_windows(config.data, config.hop)
     windows = dataset.windows
@@ -538,13 +473,13 @@ def train_baseline_report(config: HarTrainConfig, out: str | Path) -> dict[str, 
     classes = class_order(windows.labels)
     train_w, test_w = windows.of_subjects(split.train), windows.of_subjects(split.test)
     model, seconds = baseline.train_baseline(train_w.x, train_w.labels, seed=config.seed)
-    report = metrics.classification_report(
+    report = reports.classification_report(
         test_w.labels, baseline.predict_baseline(model, test_w.x), classes
     )
     report["windows"] = len(test_w)
     out = Path(out)
-    metrics.write_json(
+    reports.write_json(
         {**report, "fit_seconds": round(seconds, 1), "split": asdict(split)}, out / "report.json"
     )
-    metrics.save_confusion_png(report, classes, out / "confusion.png", title="feature baseline")
+    reports.save_confusion_png(report, classes, out / "confusion.png", title="feature baseline")
     return report

@@ -8,16 +8,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from harstream.models import checkpoint, glove, text, text_checkpoint, text_prep
-from harstream.models.har import count_params
+from harstream.models import checkpoint
+from harstream.models.har.network import count_params
 from harstream.models.registry import default_checkpoint
-from harstream.models.text_training import evaluate_text, held_out
+from harstream.models.text import checkpoint as text_checkpoint
+from harstream.models.text import data as text_data
+from harstream.models.text import glove, network
+from harstream.models.text.evaluation import evaluate_text, held_out
 
 from harstream.cli import main
 
 
 def _shapes(model, max_len=20):
-    return jax.eval_shape(lambda: text.init_params(model, max_len))
+    return jax.eval_shape(lambda: network.init_params(model, max_len))
 
 
 def _random_params(model, max_len):
@@ -29,65 +32,65 @@ def _random_params(model, max_len):
 
 
 def test_kim_cnn_parameter_count_and_output_shape():
-    model = text.KimCNN(vocab_size=1000, num_classes=2)
+    model = network.KimCNN(vocab_size=1000, num_classes=2)
     params = _shapes(model)
     # embeddings + convolutions of widths 3/4/5 x 100 maps + dense 300 -> 2
     assert count_params(params) == 100 * 1000 + (300 + 400 + 500) * 100 + 300 + 300 * 2 + 2
     ids = jax.ShapeDtypeStruct((3, 20), jnp.int32)
-    assert jax.eval_shape(text.make_forward(model), params, ids).shape == (3, 2)
+    assert jax.eval_shape(network.make_forward(model), params, ids).shape == (3, 2)
 
 
 def test_stack_cnn_parameter_count_and_short_messages():
-    model = text.StackCNN(vocab_size=500, num_classes=3)
+    model = network.StackCNN(vocab_size=500, num_classes=3)
     convs = (5 * 100 * 128 + 128) + 2 * (5 * 128 * 128 + 128)
     assert count_params(_shapes(model, 59)) == 100 * 500 + convs + 128 * 128 + 128 + 128 * 3 + 3
     ids = jax.ShapeDtypeStruct((2, 8), jnp.int32)
-    assert jax.eval_shape(text.make_forward(model), _shapes(model, 8), ids).shape == (2, 3)
+    assert jax.eval_shape(network.make_forward(model), _shapes(model, 8), ids).shape == (2, 3)
 
 
 def test_hybrid_cnn_reads_words_then_characters():
-    model = text.HybridCNN(vocab_size=300, char_vocab_size=60, word_len=20, num_classes=2)
+    model = network.HybridCNN(vocab_size=300, char_vocab_size=60, word_len=20, num_classes=2)
     params = _shapes(model, 20 + 50)
-    kim = count_params(_shapes(text.KimCNN(vocab_size=300, num_classes=2)))
+    kim = count_params(_shapes(network.KimCNN(vocab_size=300, num_classes=2)))
     chars = 60 * 32 + (3 + 4 + 5) * 32 * 100 + 300
     assert count_params(params) == kim + chars + 300 * 2  # the dense layer sees 600 features
     ids = jax.ShapeDtypeStruct((3, 70), jnp.int32)
-    assert jax.eval_shape(text.make_forward(model), params, ids).shape == (3, 2)
+    assert jax.eval_shape(network.make_forward(model), params, ids).shape == (3, 2)
 
 
 def test_encoder_with_characters_round_trip():
     train = ["Call NOW", "call me", "now now"]
-    words = text_prep.Vocabulary.build(train, min_count=1)
-    chars = text_prep.Vocabulary.build(train, min_count=2, level="chars")
-    encoder = text_prep.TextEncoder(words, 4, chars, 10)
+    words = text_data.Vocabulary.build(train, min_count=1)
+    chars = text_data.Vocabulary.build(train, min_count=2, level="chars")
+    encoder = text_data.TextEncoder(words, 4, chars, 10)
     ids = encoder.encode("call &amp; NOW")
     assert ids.shape == (14,) and encoder.width == 14
     assert words.decode(ids[:4]) == ["call", "<oov>", "now"]
     # characters seen twice in training: a l n o w and space; case is kept
     assert "".join(c if c != "<oov>" else "?" for c in chars.decode(ids[4:])) == "?all ? ???"
-    again = text_prep.TextEncoder.from_meta({"text": json.loads(json.dumps(encoder.meta()))})
+    again = text_data.TextEncoder.from_meta({"text": json.loads(json.dumps(encoder.meta()))})
     np.testing.assert_array_equal(again.encode("call &amp; NOW"), ids)
 
 
 def test_padding_does_not_change_kim_prediction():
-    model = text.KimCNN(vocab_size=50, num_classes=2, embed_dim=8, maps=4)
+    model = network.KimCNN(vocab_size=50, num_classes=2, embed_dim=8, maps=4)
     params = _random_params(model, 30)
     ids = np.zeros((1, 30), np.int32)
     ids[0, :6] = [5, 9, 2, 7, 3, 11]
     short = ids[:, :12]
-    forward = jax.jit(text.make_forward(model))
+    forward = jax.jit(network.make_forward(model))
     probs = np.asarray(forward(params, ids))
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(probs, forward(params, short), rtol=1e-5)
 
 
 def test_html_tags_and_entities_removed():
-    assert text_prep.strip_html("<p>Free &amp; <b>easy</b> &lt;#&gt;</p>") == "Free & easy <#>"
-    assert text_prep.clean("  CALL <i>Now</i>\n&pound;5 ") == "call now £5"
+    assert text_data.strip_html("<p>Free &amp; <b>easy</b> &lt;#&gt;</p>") == "Free & easy <#>"
+    assert text_data.clean("  CALL <i>Now</i>\n&pound;5 ") == "call now £5"
 
 
 def test_tokenizer_keeps_words_symbols_and_number_shapes():
-    tokens = text_prep.tokenize("WINNER!! Call 09061701461, claim £900 &amp; it's 4 u")
+    tokens = text_data.tokenize("WINNER!! Call 09061701461, claim £900 &amp; it's 4 u")
     assert tokens == [
         "winner", "!", "!", "call", "<num11>", "claim", "£", "<num3>", "&", "it's", "4", "u",
     ]  # fmt: skip
@@ -95,40 +98,40 @@ def test_tokenizer_keeps_words_symbols_and_number_shapes():
 
 def test_vocabulary_round_trip_oov_padding_and_truncation():
     train = ["the cat sat", "the cat ran", "a dog sat"]
-    vocab = text_prep.Vocabulary.build(train, min_count=2)
-    assert vocab.tokens[:2] == [text_prep.PAD, text_prep.OOV]
+    vocab = text_data.Vocabulary.build(train, min_count=2)
+    assert vocab.tokens[:2] == [text_data.PAD, text_data.OOV]
     assert set(vocab.tokens[2:]) == {"the", "cat", "sat"}
     ids = vocab.encode("The cat sat", 5)
     assert ids.dtype == np.int32 and ids.tolist()[3:] == [0, 0]
     assert vocab.decode(ids) == ["the", "cat", "sat"]
-    assert vocab.decode(vocab.encode("the zebra", 4)) == ["the", text_prep.OOV]
+    assert vocab.decode(vocab.encode("the zebra", 4)) == ["the", text_data.OOV]
     assert vocab.decode(vocab.encode("the cat sat the cat", 2)) == ["the", "cat"]
-    meta = {"text": json.loads(json.dumps(text_prep.TextEncoder(vocab, 5).meta()))}
-    np.testing.assert_array_equal(text_prep.texts_to_ids(["The cat sat"], meta)[0], ids)
+    meta = {"text": json.loads(json.dumps(text_data.TextEncoder(vocab, 5).meta()))}
+    np.testing.assert_array_equal(text_data.texts_to_ids(["The cat sat"], meta)[0], ids)
 
 
 def test_meta_from_another_tokenizer_is_refused():
-    meta = {"text": text_prep.TextEncoder(text_prep.Vocabulary(["<pad>", "<oov>"]), 8).meta()}
+    meta = {"text": text_data.TextEncoder(text_data.Vocabulary(["<pad>", "<oov>"]), 8).meta()}
     meta["text"]["tokenizer"] = "someone-else-v9"
     with pytest.raises(ValueError, match="tokenizer"):
-        text_prep.TextEncoder.from_meta(meta)
+        text_data.TextEncoder.from_meta(meta)
 
 
 def test_reads_sms_layout_and_csv_with_article_column_names(tmp_path):
     sms = tmp_path / "sms.txt"
     sms.write_text("ham\tsee you at 5\nspam\tWIN a prize &lt;now&gt;\n\n")
-    assert text_prep.read_labelled_texts(sms) == (
+    assert text_data.read_labelled_texts(sms) == (
         ["see you at 5", "WIN a prize &lt;now&gt;"],
         ["ham", "spam"],
     )
     csv_file = tmp_path / "messages.csv"
     csv_file.write_text('id,Message,Class\n1,"hello, there\nfriend",ham\n2,FREE entry,spam\n')
-    texts, labels = text_prep.read_labelled_texts(csv_file)
+    texts, labels = text_data.read_labelled_texts(csv_file)
     assert texts == ["hello, there\nfriend", "FREE entry"] and labels == ["ham", "spam"]
     bad = tmp_path / "bad.csv"
     bad.write_text("body,kind\nhi,ham\n")
     with pytest.raises(ValueError, match="text column"):
-        text_prep.read_labelled_texts(bad)
+        text_data.read_labelled_texts(bad)
 
 
 def test_glove_reader_and_embedding_matrix(tmp_path):
@@ -166,20 +169,20 @@ def test_shipped_text_model_classifies_obvious_messages(text_predictor):
 
 
 def test_checkpoint_round_trip_and_mismatch(tmp_path):
-    vocab = text_prep.Vocabulary(["<pad>", "<oov>", "hello", "world"])
+    vocab = text_data.Vocabulary(["<pad>", "<oov>", "hello", "world"])
     config = {"vocab_size": 4, "num_classes": 2, "embed_dim": 8}
-    params = _random_params(text.build("text-cnn", config), 10)
+    params = _random_params(network.build("text-cnn", config), 10)
     meta = {
         "name": "tiny",
         "version": "0",
         "classes": ["a", "b"],
-        "text": text_prep.TextEncoder(vocab, 10).meta(),
+        "text": text_data.TextEncoder(vocab, 10).meta(),
     }
     text_checkpoint.save(tmp_path / "ok", "text-cnn", config, params, meta)
     _, loaded, got = text_checkpoint.load(tmp_path / "ok")
     np.testing.assert_array_equal(loaded["embed"]["embedding"], params["embed"]["embedding"])
     assert got["input_shape"] == [10]
-    meta["text"] = text_prep.TextEncoder(text_prep.Vocabulary(["<pad>", "<oov>", "x"]), 10).meta()
+    meta["text"] = text_data.TextEncoder(text_data.Vocabulary(["<pad>", "<oov>", "x"]), 10).meta()
     text_checkpoint.save(tmp_path / "bad", "text-cnn", config, params, meta)
     with pytest.raises(checkpoint.CheckpointError, match="vocabulary of 3 tokens"):
         text_checkpoint.load(tmp_path / "bad")
@@ -202,7 +205,7 @@ def test_evaluate_cli_reports_mcc(tmp_path, capsys):
 
 def test_shipped_model_meets_target_on_held_out_messages(shared_data, text_predictor):
     data = shared_data / "sms-spam" / "SMSSpamCollection"
-    texts, labels = text_prep.read_labelled_texts(data)
+    texts, labels = text_data.read_labelled_texts(data)
     keep = held_out(text_predictor.meta, data, labels)
     assert len(keep) == text_predictor.meta["training"]["split"]["messages"]["test"]
     kept = [texts[i] for i in keep], [labels[i] for i in keep]

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from harstream.models.windows import AXES, WINDOW
+from harstream.models.har.windows import AXES, WINDOW
 
 
 class HarCNN(nn.Module):

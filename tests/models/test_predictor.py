@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from harstream.models import checkpoint, har, har_checkpoint
+from harstream.models import checkpoint
+from harstream.models.har import checkpoint as har_checkpoint
+from harstream.models.har import network
 from harstream.models.predictor import InputError, bucket_sizes, call_plan
 from harstream.models.registry import load_predictor
 
 
 @pytest.fixture(scope="session")
 def random_har_checkpoint(tmp_path_factory: pytest.TempPathFactory):
-    model = har.HarCNN()
+    model = network.HarCNN()
     path = tmp_path_factory.mktemp("ckpt") / "har-cnn"
     har_checkpoint.save(
         path,
         "har-cnn",
         {"num_classes": 6},
-        har.init_params(model, seed=1),
+        network.init_params(model, seed=1),
         {
             "classes": ["walking", "jogging", "stairs", "sitting", "standing", "kicking"],
             "normalization": {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
@@ -34,12 +36,12 @@ def small_predictor(random_har_checkpoint):
 
 
 def test_cnn_has_the_articles_parameter_count():
-    assert har.count_params(har.init_params(har.HarCNN(num_classes=6))) == 520_486
+    assert network.count_params(network.init_params(network.HarCNN(num_classes=6))) == 520_486
 
 
 def test_lstm_builds_and_outputs_logits():
-    model = har.HarLSTM(num_classes=6)
-    params = har.init_params(model)
+    model = network.HarLSTM(num_classes=6)
+    params = network.init_params(model)
     out = model.apply({"params": params}, np.zeros((2, 80, 3), np.float32))
     assert out.shape == (2, 6)
 
@@ -125,12 +127,12 @@ def test_truncated_checkpoint_fails_clearly(random_har_checkpoint, tmp_path):
 
 def test_mismatched_architecture_fails_clearly(random_har_checkpoint, tmp_path):
     other = tmp_path / "lstm"
-    lstm = har.HarLSTM()
+    lstm = network.HarLSTM()
     har_checkpoint.save(
         other,
         "har-lstm",
         {"num_classes": 6},
-        har.init_params(lstm),
+        network.init_params(lstm),
         {
             "classes": list("abcdef"),
             "normalization": {"mean": [0] * 3, "std": [1] * 3},

@@ -54,18 +54,18 @@ def register(groups: dict[str, Any]) -> None:
 
 
 def _lag(args: argparse.Namespace) -> int:
-    from harstream.models import lag_experiment
+    from harstream.models.series import experiment
 
     if any(lag < 1 for lag in args.lags):
         log.error("lags must be positive, got %s", args.lags)
         return 2
-    cases = lag_experiment.run(
+    cases = experiment.run(
         seed=args.seed, epochs=args.epochs, long_lags=tuple(args.lags), patience=args.patience
     )
-    table = lag_experiment.table(cases)
+    table = experiment.table(cases)
     print(table)
     out = Path(args.out)
-    png = lag_experiment.plot(cases, out / "lag_errors.png")
+    png = experiment.plot(cases, out / "lag_errors.png")
     rows = [{k: v for k, v in asdict(c).items() if k != "errors"} for c in cases]
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / "results.md").write_text(table + "\n")
@@ -74,7 +74,7 @@ def _lag(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from harstream.models.series_forecaster import SeriesTrainConfig, train_forecaster
+    from harstream.models.series.training import SeriesTrainConfig, train_forecaster
 
     config = SeriesTrainConfig(
         data=args.data,

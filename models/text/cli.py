@@ -66,7 +66,7 @@ def register(groups: dict[str, Any]) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from harstream.models.text_training import TextTrainConfig, train_text
+    from harstream.models.text.training import TextTrainConfig, train_text
 
     config = TextTrainConfig(
         data=args.data,
@@ -106,9 +106,9 @@ def _print_comparison(meta: dict[str, Any]) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from harstream.models import metrics
+    from harstream.models import reports
     from harstream.models.checkpoint import CheckpointError
-    from harstream.models.text_training import evaluate_checkpoint
+    from harstream.models.text.evaluation import evaluate_checkpoint
 
     try:
         report, meta = evaluate_checkpoint(args.model, args.data, held_out_only=args.held_out)
@@ -118,9 +118,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     classes = meta["classes"]
     tag = f"{meta['name']}@{meta['version']}"
     print(f"model {tag} on {report['messages']} messages from {args.data}")
-    print(metrics.format_report(report, classes))
+    print(reports.format_report(report, classes))
     if args.json:
-        metrics.write_json(report, args.json)
+        reports.write_json(report, args.json)
     if args.png:
-        metrics.save_confusion_png(report, classes, args.png, title=tag)
+        reports.save_confusion_png(report, classes, args.png, title=tag)
     return 0
