@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from harstream import __version__
+from harstream.extras import MissingExtra, require
 
 AREAS = (
     "harstream.stream.cli",
@@ -30,6 +31,9 @@ GROUPS = {
     "evaluate": "evaluate a checkpoint on labelled data",
     "experiment": "reproduce the article's experiments",
 }
+# Every command of these groups writes PNGs (curves, confusion matrices: matplotlib), and
+# the classifiers' baselines and text metrics use scikit-learn: the `train` extra.
+NEEDS_TRAIN_EXTRA = ("train", "evaluate", "experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction] = {"": top}
     for name, help_text in GROUPS.items():
-        sub = top.add_parser(name, help=help_text, description=help_text.capitalize() + ".")
+        description = help_text.capitalize() + "."
+        if name in NEEDS_TRAIN_EXTRA:
+            description += " Needs the train extra: pip install 'harstream[train]'."
+        sub = top.add_parser(name, help=help_text, description=description)
         groups[name] = sub.add_subparsers(dest="target", metavar="FAMILY", required=True)
     for area in AREAS:  # an area that fails to import is an error, never a missing command
         importlib.import_module(area).register(groups)
@@ -60,7 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # JAX reports at INFO that it found no TPU/GPU plugin; on a CPU machine that is noise.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     try:
+        if args.command in NEEDS_TRAIN_EXTRA:
+            require(f"harstream {args.command}", "sklearn", "matplotlib")
         return int(args.func(args) or 0)
+    except MissingExtra as exc:
+        print(exc, file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 
 def _as_indices(y: Any, classes: Sequence[str]) -> np.ndarray:
@@ -41,9 +40,11 @@ def _as_indices(y: Any, classes: Sequence[str]) -> np.ndarray:
 def classification_report(y_true: Any, y_pred: Any, classes: Sequence[str]) -> dict[str, Any]:
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
 
-    Every class in ``classes`` appears, also when absent from ``y_true`` (its support is 0
-    and its scores 0, as scikit-learn's ``zero_division=0``); macro-F1 averages over the
-    classes present in ``y_true`` or ``y_pred``, as scikit-learn does by default.
+    The numbers are scikit-learn's (``precision_recall_fscore_support`` with
+    ``zero_division=0``), computed here with numpy so that ``replay --compare`` and ``demo``
+    run without scikit-learn. Every class in ``classes`` appears, also when absent from
+    ``y_true`` (its support is 0 and its scores 0); macro-F1 averages over the classes
+    present in ``y_true`` or ``y_pred``, as scikit-learn does by default.
     """
     true = _as_indices(y_true, classes)
     pred = _as_indices(y_pred, classes)
@@ -51,17 +52,20 @@ def classification_report(y_true: Any, y_pred: Any, classes: Sequence[str]) -> d
         raise ValueError(f"y_true has {true.shape[0]} items but y_pred has {pred.shape[0]}")
     if true.size == 0:
         raise ValueError("cannot report on zero items")
-    every = list(range(len(classes)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        true, pred, labels=every, zero_division=0
-    )
-    present = sorted(set(true.tolist()) | set(pred.tolist()))
-    macro = precision_recall_fscore_support(
-        true, pred, labels=present, average="macro", zero_division=0
-    )[2]
+    n = len(classes)
+    if min(true.min(), pred.min()) < 0 or max(true.max(), pred.max()) >= n:
+        raise ValueError(f"class indices must lie in 0..{n - 1} for the classes {list(classes)}")
+    confusion = np.bincount(true * n + pred, minlength=n * n).reshape(n, n)
+    hits = np.diag(confusion)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    precision = _share(hits, predicted)
+    recall = _share(hits, support)
+    f1 = _share(2 * hits, support + predicted)
+    present = (support + predicted) > 0
     return {
-        "accuracy": float(accuracy_score(true, pred)),
-        "macro_f1": float(macro),
+        "accuracy": float(hits.sum() / true.size),
+        "macro_f1": float(f1[present].mean()),
         "per_class": {
             name: {
                 "precision": float(precision[i]),
@@ -71,8 +75,13 @@ def classification_report(y_true: Any, y_pred: Any, classes: Sequence[str]) -> d
             }
             for i, name in enumerate(classes)
         },
-        "confusion": confusion_matrix(true, pred, labels=every).astype(int).tolist(),
+        "confusion": confusion.tolist(),
     }
+
+
+def _share(part: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """``part / whole`` per class, 0 where ``whole`` is 0."""
+    return np.divide(part, whole, out=np.zeros(len(part)), where=whole > 0)
 
 
 def format_report(report: dict[str, Any], classes: Sequence[str] | None = None) -> str:

@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 from harstream.models.har.windows import WINDOW
+from harstream.models.reports import classification_report
+from harstream.models.reports import format_report as format_scores
 from harstream.replay.pacing import Chunk
 from harstream.stream.config import ServeConfig
 from harstream.stream.families.har import DEFAULT_RATE_HZ
@@ -294,10 +296,6 @@ class Scoreboard:
                 "models": dict(self.models),
             }
         if y_true:
-            from harstream.models.reports import (
-                classification_report,  # scikit-learn: slow to import
-            )
-
             scores = classification_report(y_true, y_pred, classes)
             out.update(accuracy=scores["accuracy"], macro_f1=scores["macro_f1"])
             out.update(classes=classes, per_class=scores["per_class"])
@@ -342,8 +340,6 @@ def format_report(report: dict[str, Any]) -> str:
     if report["accuracy"] is None:
         lines.append("accuracy: n/a (no labelled windows)")
     else:
-        from harstream.models.reports import format_report as format_scores
-
         scores = {k: report[k] for k in ("accuracy", "macro_f1", "per_class", "confusion")}
         lines.append(format_scores(scores, report["classes"]))
     return "\n".join(lines)

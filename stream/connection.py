@@ -10,9 +10,10 @@ same flags/env/TOML keys and get the same latency-critical socket settings:
   publisher near 2,250 msg/s) and an unbounded local queue;
 - a persistent session with a stable client id (MQTT 5 session expiry, or
   ``clean_session=False`` on 3.1.1), so QoS 1 messages sent while a client is away are
-  delivered when it returns; reconnects back off from 0.1 s to 10 s;
-- reads that take every packet a wake-up brings, and one write for everything queued
-  (:class:`stream.paho_client.BufferedClient`).
+  delivered when it returns; reconnects back off from 0.1 s to 10 s.
+
+The client is paho's own ``Client``, configured through its public API only (no private
+method overridden), so that a paho upgrade needs no change here.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from harstream.stream.config import ConfigError, Option, add_options, resolve
-from harstream.stream.paho_client import BufferedClient
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def make_client(
     }
     if not v5:
         kwargs["clean_session"] = not persistent
-    client = BufferedClient(**kwargs)
+    client = mqtt.Client(**kwargs)
     client.max_inflight_messages_set(cfg.max_inflight)
     client.max_queued_messages_set(max_queued)
     client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)

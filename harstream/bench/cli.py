@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harstream.extras import require
+
 FAMILY_CHOICES = ("har-cnn", "har-lstm", "text", "series", "all")
 
 
@@ -77,11 +79,23 @@ def _register_model(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-peers", action="store_true", help="time harstream only")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the report as JSON to OUT")
-    p.add_argument("--plot", type=Path, metavar="PNG", help="draw latency CDFs to PNG")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="draw latency CDFs to PNG (needs matplotlib: the train extra)",
+    )
     p.set_defaults(func=_run_model)
 
 
+def _require_plotting(args: argparse.Namespace) -> None:
+    """Fail before the benchmark runs, not after, when --plot cannot be drawn."""
+    if args.plot:
+        require(f"harstream bench {args.bench} --plot", "matplotlib")
+
+
 def _run_model(args: argparse.Namespace) -> int:
+    _require_plotting(args)
     from harstream.bench import model_bench
     from harstream.bench.peers import PeerMismatchError
 
@@ -215,13 +229,17 @@ def _register_e2e(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", type=Path, metavar="OUT", help="write the report as JSON to OUT")
     p.add_argument(
-        "--plot", type=Path, metavar="PNG", help="draw latency and throughput vs devices"
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="draw latency and throughput vs devices (needs matplotlib: the train extra)",
     )
     add_broker_arguments(p)
     p.set_defaults(func=_run_e2e)
 
 
 def _run_e2e(args: argparse.Namespace) -> int:
+    _require_plotting(args)
     from harstream.bench import e2e_bench
     from harstream.stream.config import ConfigError
     from harstream.stream.connection import broker_config
