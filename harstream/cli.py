@@ -1,6 +1,7 @@
 """The ``harstream`` command. Each area registers its own subcommands here.
 
-Areas own their argument definitions in a ``register(groups)`` function, where
+Areas (``serve``, each model family's commands, replay/simulate/demo, bench) own their
+argument definitions in a ``register(groups)`` function, where
 ``groups`` maps a parent command (``""`` for the top level, ``"train"``, ``"evaluate"``,
 ``"experiment"``) to its argparse sub-parser collection. Each subcommand sets
 ``func(args) -> int``. Heavy imports (JAX, paho) happen inside those functions, so that
@@ -10,22 +11,16 @@ Areas own their argument definitions in a ``register(groups)`` function, where
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
-from harstream import __version__
+from harstream import __version__, families
+from harstream.bench import cli as bench_cli
 from harstream.extras import MissingExtra, require
+from harstream.replay import cli as replay_cli
+from harstream.stream import cli as serve_cli
 
-AREAS = (
-    "harstream.stream.cli",
-    "harstream.models.har.cli",
-    "harstream.models.text.cli",
-    "harstream.models.series.cli",
-    "harstream.replay.cli",
-    "harstream.bench.cli",
-)
 GROUPS = {
     "train": "train a model family on your data and save a checkpoint",
     "evaluate": "evaluate a checkpoint on labelled data",
@@ -52,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
             description += " Needs the train extra: pip install 'harstream[train]'."
         sub = top.add_parser(name, help=help_text, description=description)
         groups[name] = sub.add_subparsers(dest="target", metavar="FAMILY", required=True)
-    for area in AREAS:  # an area that fails to import is an error, never a missing command
-        importlib.import_module(area).register(groups)
+    # serve, then each family's train/evaluate commands (from the table of families), then
+    # the tools; imported statically, so a broken module is an error, never a missing command
+    for area in (serve_cli, *(f.cli for f in families.FAMILIES), replay_cli, bench_cli):
+        area.register(groups)
     return parser
 
 

@@ -8,6 +8,7 @@ fails with a ``CheckpointError`` that names the problem, never a bare traceback.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,13 +18,20 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from harstream import __version__
-
 FORMAT = "harstream-checkpoint"
 FORMAT_VERSION = 1
 PARAMS_FILE = "params.safetensors"
 META_FILE = "meta.json"
 REQUIRED_META = ("family", "arch", "arch_config", "name", "version")
+
+
+def _version() -> str:
+    """The installed harstream's version, for the metadata (read from the installed
+    distribution, so this lower layer does not import the top-level package)."""
+    try:
+        return importlib.metadata.version("harstream")
+    except importlib.metadata.PackageNotFoundError:  # a source tree never installed
+        return "0.0.0+unknown"
 
 
 class CheckpointError(Exception):
@@ -63,7 +71,7 @@ def save(path: str | Path, params: Any, meta: dict[str, Any]) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten(params).items()}
     save_file(arrays, str(path / PARAMS_FILE))
-    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "harstream_version": __version__}
+    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "harstream_version": _version()}
     full.update(meta)
     (path / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
     return path

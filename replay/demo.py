@@ -250,9 +250,8 @@ def _service_config(args: argparse.Namespace, cfg: BrokerConfig) -> ServeConfig:
         svc_broker = dataclasses.replace(svc_broker, explicit=False)
     # a few devices: small batch buckets compile faster
     max_batch = min(8, 1 << (args.devices - 1).bit_length())
-    return ServeConfig(
-        broker=svc_broker, model=options["model"], prefix=PREFIX, max_batch=max_batch
-    )
+    models = {} if options["model"] is None else {"har": options["model"]}
+    return ServeConfig(broker=svc_broker, models=models, prefix=PREFIX, max_batch=max_batch)
 
 
 def run_demo(args: argparse.Namespace) -> int:

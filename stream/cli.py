@@ -18,6 +18,7 @@ from harstream.stream.config import (
     add_options,
     default_state_file,
     load_toml,
+    model_paths,
     resolve,
     unknown_keys,
 )
@@ -90,7 +91,13 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
     state_file = values.pop("state_file")
     if state_file is None:
         state_file = default_state_file(broker.client_id, env)
-    return ServeConfig(broker=broker, state_file=Path(state_file) if state_file else None, **values)
+    models = model_paths(values)
+    return ServeConfig(
+        broker=broker,
+        models=models,
+        state_file=Path(state_file) if state_file else None,
+        **values,
+    )
 
 
 class JsonFormatter(logging.Formatter):

@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -167,19 +167,35 @@ def unknown_keys(toml: Mapping[str, Any], options: Sequence[Option]) -> list[str
     return sorted(k for k in toml if k not in names)
 
 
+def _family_options() -> tuple[Option, ...]:
+    """``--families`` and one checkpoint option per family, from the table of families."""
+    from harstream import families
+
+    return (
+        Option(
+            "families",
+            "list",
+            None,
+            "model families to serve, comma-separated; unset serves every available one "
+            f"({','.join(families.names())}); a family named here that is unavailable is an "
+            "error",
+            "LIST",
+        ),
+        *(
+            Option(
+                f.model_option,
+                "path",
+                None,
+                f"{f.name} checkpoint directory (default: the shipped {f.shipped})",
+                "PATH",
+            )
+            for f in families.FAMILIES
+        ),
+    )
+
+
 SERVE_OPTIONS: tuple[Option, ...] = (
-    Option(
-        "families",
-        "list",
-        None,
-        "model families to serve, comma-separated; unset serves every available one "
-        "(har,text,series); a family named here that is unavailable is an error",
-        "LIST",
-        ("har", "text", "series"),
-    ),
-    Option("model", "path", None, "HAR checkpoint directory (default: the shipped model)", "PATH"),
-    Option("text_model", "path", None, "text checkpoint (default: the shipped model)", "PATH"),
-    Option("series_model", "path", None, "series checkpoint (default: the shipped model)", "PATH"),
+    *_family_options(),
     Option("prefix", "str", "har", "topic prefix: <prefix>/<id>/accel etc."),
     Option("hop", "int", 20, "samples between consecutive windows of a device (1-80)", "N"),
     Option(
@@ -271,6 +287,15 @@ SERVE_OPTIONS: tuple[Option, ...] = (
 )
 
 
+def model_paths(values: dict[str, Any]) -> dict[str, Path]:
+    """Take each family's checkpoint option (``model``, ``text_model``, ...) out of resolved
+    ``values``: ``{family: path}`` for the ones given."""
+    from harstream import families
+
+    given = {f.name: values.pop(f.model_option) for f in families.FAMILIES}
+    return {name: path for name, path in given.items() if path is not None}
+
+
 def _default(name: str) -> Any:
     """The default of the serve option ``name``: :data:`SERVE_OPTIONS` is the one place
     that holds it, for flags, environment, TOML and in-process ``ServeConfig`` alike."""
@@ -288,9 +313,9 @@ class ServeConfig:
 
     broker: Any = None
     families: list[str] | None = _default("families")
-    model: Path | None = _default("model")
-    text_model: Path | None = _default("text_model")
-    series_model: Path | None = _default("series_model")
+    # family -> checkpoint folder (its --model option); a family not in it serves its
+    # shipped model
+    models: Mapping[str, Path] = field(default_factory=dict)
     prefix: str = _default("prefix")
     hop: int = _default("hop")
     max_gap: float = _default("max_gap")
@@ -339,6 +364,12 @@ class ServeConfig:
             (self.stop_timeout > 0, f"stop_timeout must be > 0, got {self.stop_timeout}"),
             (self.state_max_age > 0, f"state_max_age must be > 0, got {self.state_max_age}"),
         ]
+        from harstream import families
+
+        unknown = sorted(set(self.families or ()) - set(families.names()))
+        checks.append(
+            (not unknown, f"unknown families {unknown}; expected some of {families.names()}")
+        )
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)

@@ -31,14 +31,13 @@ Contract for the pieces (all run on the MQTT network thread except ``encode``):
   from one row of the predictor's output; it runs on the inference worker thread.
 
 A family adds a module ``stream/families/<family>.py`` (decode, buffer, then
-``build(config, predictor=None) -> Route`` with its encoder) and an entry in
-:data:`ROUTE_BUILDERS`; ``harstream serve --families`` then serves it with the same batching
-engine, metrics, error reporting and lifecycle.
+``build(config, predictor=None) -> Route`` with its encoder) and its entry in the table of
+families (:mod:`harstream.families`); ``harstream serve --families`` then serves it with the
+same batching engine, metrics, error reporting and lifecycle.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -47,14 +46,6 @@ import numpy as np
 
 if TYPE_CHECKING:
     from harstream.models.predictor import Predictor
-
-# family -> "module:function" of its route builder. A module that does not exist (yet) makes
-# the family unavailable: skipped under the default ``--families``, an error when asked for.
-ROUTE_BUILDERS: dict[str, str] = {
-    "har": "harstream.stream.families.har:build",
-    "text": "harstream.stream.families.text:build",
-    "series": "harstream.stream.families.series:build",
-}
 
 
 class PayloadError(ValueError):
@@ -131,7 +122,8 @@ def load_family_predictor(family: str, path: Any, max_batch: int) -> Predictor:
     the default ``--families``); a bad explicit ``path`` raises ``CheckpointError``.
     """
     from harstream.models.checkpoint import CheckpointError
-    from harstream.models.registry import default_checkpoint, load_predictor
+
+    from harstream.families import default_checkpoint, load_predictor
 
     if path is None:
         try:
@@ -139,30 +131,3 @@ def load_family_predictor(family: str, path: Any, max_batch: int) -> Predictor:
         except CheckpointError as exc:
             raise RouteUnavailable(str(exc)) from None
     return load_predictor(path, family=family, max_batch=max_batch)
-
-
-def _builder_module(family: str) -> Any | None:
-    module_name = ROUTE_BUILDERS[family].partition(":")[0]
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        return None
-
-
-def build_route(family: str, config: Any, predictor: Predictor | None = None) -> Route:
-    """Build ``family``'s route from the service config (loading its model unless given).
-
-    Raises :class:`RouteUnavailable` when the family's route module or its model is missing.
-    """
-    if family not in ROUTE_BUILDERS:
-        raise ValueError(f"unknown family {family!r}; expected one of {sorted(ROUTE_BUILDERS)}")
-    module = _builder_module(family)
-    if module is None:
-        raise RouteUnavailable(
-            f"the {family!r} family is not available in this installation "
-            f"(no module {ROUTE_BUILDERS[family].partition(':')[0]})"
-        )
-    builder = getattr(module, ROUTE_BUILDERS[family].partition(":")[2])
-    return builder(config, predictor)

@@ -44,14 +44,7 @@ from harstream.stream.engine import DeviceSink, InferenceWorker
 from harstream.stream.metrics import FamilyMetrics, ServiceMetrics
 from harstream.stream.payloads import error_payload
 from harstream.stream.ratelimit import RATE_LIMITED, RateLimit
-from harstream.stream.routes import (
-    ROUTE_BUILDERS,
-    PayloadError,
-    Restorable,
-    Route,
-    RouteUnavailable,
-    build_route,
-)
+from harstream.stream.routes import PayloadError, Restorable, Route, RouteUnavailable
 from harstream.stream.watchdog import HandlerWatch, LogLimiter
 
 log = logging.getLogger(__name__)
@@ -81,20 +74,22 @@ def build_routes(config: ServeConfig, predictors: dict[str, Any] | None = None) 
     """The routes of ``config.families``; with no families given, every available one.
 
     An explicitly requested family that cannot be built raises; under the default, an
-    unavailable family (no route module or no shipped model) is skipped with a log line.
+    unavailable family (its shipped model is missing) is skipped with a log line.
     """
+    from harstream import families as table
+
     predictors = predictors or {}
     explicit = config.families is not None
-    families = list(config.families) if explicit else list(ROUTE_BUILDERS)
-    unknown = [f for f in families if f not in ROUTE_BUILDERS]
+    families = list(config.families) if explicit else table.names()
+    unknown = [f for f in families if f not in table.names()]
     if unknown:
-        raise ConfigError(f"unknown families {unknown}; expected some of {sorted(ROUTE_BUILDERS)}")
+        raise ConfigError(f"unknown families {unknown}; expected some of {table.names()}")
     if not families:
         raise ConfigError("no families to serve")
     routes = []
     for family in families:
         try:
-            routes.append(build_route(family, config, predictors.get(family)))
+            routes.append(table.lookup(family).build_route(config, predictors.get(family)))
         except RouteUnavailable as exc:
             if explicit:
                 raise

@@ -63,7 +63,7 @@ def har_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def har_predictor(har_model_path: Path):
     """The compiled predictor of ``har_model_path`` (buckets up to 16), shared by services."""
-    from harstream.models.registry import load_predictor
+    from harstream.families import load_predictor
 
     return load_predictor(har_model_path, family="har", max_batch=16)
 
@@ -74,7 +74,7 @@ def har_predictor(har_model_path: Path):
 @pytest.fixture(scope="session")
 def shipped_har_predictor():
     """The HAR CNN shipped in ``models/weights/har-cnn``, compiled once (buckets up to 64)."""
-    from harstream.models.registry import load_predictor
+    from harstream.families import load_predictor
 
     return load_predictor(family="har", max_batch=64)
 

@@ -368,8 +368,8 @@ def _model_args(config: E2EConfig, workdir: Path) -> list[str]:
     """``--model`` for the services: the given one, the shipped one, or random weights."""
     if config.model is not None:
         return ["--model", str(config.model)]
+    from harstream.families import default_checkpoint
     from harstream.models.checkpoint import CheckpointError
-    from harstream.models.registry import default_checkpoint
 
     try:
         default_checkpoint("har")

@@ -83,7 +83,7 @@ def _serve(conn: Any, checkpoint: str, threads: int, max_batch: int) -> None:
     """Child main: start JAX with ``threads``, load the predictor, answer requests."""
     try:
         from harstream.bench.timing import CallRunner
-        from harstream.models.registry import load_predictor
+        from harstream.families import load_predictor
         from harstream.models.runtime import set_cpu_threads
 
         if not set_cpu_threads(threads):

@@ -79,7 +79,7 @@ def load_family(family: str, max_batch: int, workdir: Path) -> tuple[Any, Path, 
     replaced by random weights (per-call time does not depend on the weight values); a
     missing text or series model raises ``LookupError``.
     """
-    from harstream.models.registry import WEIGHTS_DIR, load_predictor
+    from harstream.families import WEIGHTS_DIR, load_predictor
 
     if family not in SHIPPED:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")

@@ -50,10 +50,12 @@ def evaluate_har(
     set (a serving ``Predictor`` would compile every bucket).
     """
     import jax
-    from harstream.models import registry, reports, training
+    from harstream.models import reports, training
     from harstream.models.har import checkpoint
 
-    path = checkpoint_path or registry.default_checkpoint("har")
+    from harstream.families import default_checkpoint
+
+    path = checkpoint_path or default_checkpoint("har")
     model, params, meta = checkpoint.load(path)
     classes = list(meta["classes"])
     dataset = load_windows(data, hop or meta.get("hop", DEFAULT_HOP))

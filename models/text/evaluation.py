@@ -78,8 +78,9 @@ def evaluate_checkpoint(
     """
     import jax
     from harstream.models import training
-    from harstream.models.registry import default_checkpoint
     from harstream.models.text import checkpoint
+
+    from harstream.families import default_checkpoint
 
     model, params, meta = checkpoint.load(path or default_checkpoint("text"))
     texts, labels = read_labelled_texts(data)

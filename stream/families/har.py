@@ -578,9 +578,10 @@ class WindowBuffer:
 
 
 def build(config: Any, predictor: Any = None) -> Route:
-    """The HAR route for ``config`` (a ServeConfig), loading ``config.model`` unless given."""
+    """The HAR route for ``config`` (a ServeConfig); its model is ``predictor`` when given, else the
+    checkpoint of ``config.models['har']``, else the shipped one."""
     if predictor is None:
-        predictor = load_family_predictor(FAMILY, config.model, config.max_batch)
+        predictor = load_family_predictor(FAMILY, config.models.get(FAMILY), config.max_batch)
     window, axes = predictor.item_shape
     if not 1 <= config.hop <= window:
         raise ValueError(f"--hop must be between 1 and the window {window}, got {config.hop}")

@@ -97,9 +97,10 @@ class LastValues:
 
 
 def build(config: Any, predictor: Any = None) -> Route:
-    """The series route for ``config``, loading ``config.series_model`` unless given."""
+    """The series route for ``config``; its model is ``predictor`` when given, else the
+    checkpoint of ``config.models['series']``, else the shipped one."""
     if predictor is None:
-        predictor = load_family_predictor(FAMILY, config.series_model, config.max_batch)
+        predictor = load_family_predictor(FAMILY, config.models.get(FAMILY), config.max_batch)
     (k,) = predictor.item_shape
     tag = predictor.tag
 

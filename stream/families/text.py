@@ -72,9 +72,10 @@ class MessageBuffer:
 
 
 def build(config: Any, predictor: Any = None) -> Route:
-    """The text route for ``config`` (a ServeConfig), loading ``config.text_model`` unless given."""
+    """The text route for ``config`` (a ServeConfig); its model is ``predictor`` when
+    given, else the checkpoint of ``config.models['text']``, else the shipped one."""
     if predictor is None:
-        predictor = load_family_predictor(FAMILY, config.text_model, config.max_batch)
+        predictor = load_family_predictor(FAMILY, config.models.get(FAMILY), config.max_batch)
     to_ids = TextEncoder.from_meta(predictor.meta).encode
     labels = list(predictor.labels)
     tag = predictor.tag

@@ -8,7 +8,8 @@ from harstream.models import checkpoint
 from harstream.models.har import checkpoint as har_checkpoint
 from harstream.models.har import network
 from harstream.models.predictor import InputError, bucket_sizes, call_plan
-from harstream.models.registry import load_predictor
+
+from harstream.families import load_predictor
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harstream.models.registry import DEFAULT_CHECKPOINTS
 from harstream.stream.broker import free_port, is_listening
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,12 +20,10 @@ WITHOUT_TRAIN_EXTRA = (
 )
 
 
-def test_demo_runs_for_its_duration_and_cleans_up(har_model_path: Path) -> None:
+def test_demo_runs_for_its_duration_and_cleans_up() -> None:
     port = free_port()  # never 1883: the demo starts its embedded broker on this port
     cmd = [sys.executable, "-c", WITHOUT_TRAIN_EXTRA, "demo", "--duration", "10"]
     cmd += ["--broker", f"mqtt://127.0.0.1:{port}", "--devices", "3"]
-    if not DEFAULT_CHECKPOINTS["har"].is_dir():  # until the HAR model is shipped
-        cmd += ["--model", str(har_model_path)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=150)
     out = done.stdout
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 import pytest
-from harstream.stream import routes
 from harstream.stream.cli import config_from_args
 from harstream.stream.config import ConfigError, ServeConfig, default_state_file
 from harstream.stream.connection import BrokerConfig, broker_config, parse_broker_url
@@ -117,16 +116,6 @@ def test_password_file_is_read_and_excludes_a_second_password(tmp_path):
         broker_config(args, default_client_id="c", env={})
 
 
-def test_unavailable_family_fails_when_asked_and_is_skipped_by_default(monkeypatch, har_predictor):
-    for family in ("text", "series"):
-        monkeypatch.delitem(routes.ROUTE_BUILDERS, family)
-    monkeypatch.setitem(routes.ROUTE_BUILDERS, "ghost", "harstream.stream.families.ghost:build")
-    with pytest.raises(routes.RouteUnavailable, match="ghost"):
-        build_routes(ServeConfig(families=["ghost"]))
-    built = build_routes(ServeConfig(), predictors={"har": har_predictor})
-    assert [r.family for r in built] == ["har"]
-
-
 def test_the_device_rate_limit_follows_its_options_and_the_hop(har_predictor):
     cfg = config_from_args(serve_args("--device-rate-margin", "0", "--device-burst", "30"), {})
     assert (cfg.device_rate_margin, cfg.device_burst) == (0.0, 30.0)
@@ -166,7 +155,11 @@ def test_every_serve_option_is_a_config_field_with_the_same_default():
 
     from harstream.stream.config import SERVE_OPTIONS, ServeConfig
 
+    from harstream import families
+
     fields = {f.name: f.default for f in dataclasses.fields(ServeConfig)}
-    assert set(fields) == {opt.name for opt in SERVE_OPTIONS} | {"broker"}
+    model_options = {f.model_option for f in families.FAMILIES}
+    assert set(fields) == {o.name for o in SERVE_OPTIONS} - model_options | {"broker", "models"}
     for opt in SERVE_OPTIONS:
-        assert fields[opt.name] == opt.default, opt.name
+        if opt.name not in model_options:
+            assert fields[opt.name] == opt.default, opt.name

@@ -28,9 +28,9 @@ from harstream.models.har.training import (
     split_subjects,
     subject_folds,
 )
-from harstream.models.registry import load_predictor
 
 from harstream.cli import main
+from harstream.families import load_predictor
 
 CODES = "ABCDEM"
 
