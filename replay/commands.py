@@ -182,6 +182,7 @@ def run_replay(args: argparse.Namespace) -> int:
 def run_simulate(args: argparse.Namespace) -> int:
     """``harstream simulate``."""
     import numpy as np
+
     from harstream.replay.simulate import Imperfections, SimDevice, sim_chunks, sim_device_ids
 
     try:

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
+
 from harstream.models.har.windows import WINDOW
 from harstream.models.reports import classification_report
 from harstream.models.reports import format_report as format_scores

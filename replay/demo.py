@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+
 from harstream.replay.cli import DEMO_OPTIONS
 from harstream.replay.commands import EXIT_BROKER, EXIT_USAGE, fail
 from harstream.replay.compare import Scoreboard, format_report

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
 from harstream.stream.families.har import DEFAULT_RATE_HZ
 
 

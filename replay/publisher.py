@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
 from harstream.replay.pacing import Chunk
 from harstream.stream.connection import BrokerConfig, connect, make_client
 from harstream.stream.contract import topic

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from harstream.models.har.data import DataError, LoadReport, Recording, load_recordings
 from harstream.replay.pacing import Track
 from harstream.stream.contract import ID_RULE, is_valid_id

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
 from harstream.replay.compare import Scoreboard, TruthLog, WindowCounter
 from harstream.replay.pacing import Chunk, paced
 from harstream.replay.publisher import Publisher, close_client, open_client

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
 from harstream.replay.pacing import Chunk
 
 GRAVITY = 9.81

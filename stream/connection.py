@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
+
 from harstream.stream.config import ConfigError, Option, add_options, resolve
 
 log = logging.getLogger(__name__)

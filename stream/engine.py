@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
+
 from harstream.stream.metrics import FamilyMetrics
 from harstream.stream.ratelimit import RATE_LIMITED, DeviceBucket
 from harstream.stream.routes import Route

@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 import orjson
+
 from harstream.stream.routes import PayloadError
 
 

@@ -121,9 +121,8 @@ def load_family_predictor(family: str, path: Any, max_batch: int) -> Predictor:
     A missing shipped model raises :class:`RouteUnavailable` (the family is skipped under
     the default ``--families``); a bad explicit ``path`` raises ``CheckpointError``.
     """
-    from harstream.models.checkpoint import CheckpointError
-
     from harstream.families import default_checkpoint, load_predictor
+    from harstream.models.checkpoint import CheckpointError
 
     if path is None:
         try:

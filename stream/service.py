@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
+
 from harstream.models.runtime import default_inference_threads, set_cpu_threads
 from harstream.stream import contract, state
 from harstream.stream.broker import EmbeddedBroker, is_listening

@@ -12,6 +12,9 @@ import numpy as np
 import orjson
 import pytest
 from bus_client import Client
+from safetensors.numpy import load_file
+
+from harstream import families
 from harstream.models import checkpoint
 from harstream.models.predictor import Predictor
 from harstream.stream.config import ServeConfig, _family_options
@@ -19,9 +22,6 @@ from harstream.stream.connection import BrokerConfig
 from harstream.stream.payloads import number
 from harstream.stream.routes import Route, RouteUnavailable, Sink, load_family_predictor
 from harstream.stream.service import Service, build_routes
-from safetensors.numpy import load_file
-
-from harstream import families
 
 # --- the toy family: "scale" multiplies each value by its one weight ------------------------
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import numpy as np
+
 from harstream.models import checkpoint
 from harstream.models.har import network
 from harstream.models.har.windows import AXES, RATE_HZ, WINDOW

@@ -28,8 +28,9 @@ def _val_subjects(text: str) -> list[str]:
 
 def register(groups: dict[str, Any]) -> None:
     """Add ``train har``, ``evaluate har`` and ``summary``."""
-    from harstream.models.har.windows import DEFAULT_HOP
+    from harstream.models.har.recipes import SHIPPED_RECIPE, load_recipe
 
+    shipped = load_recipe(SHIPPED_RECIPE)
     train = groups["train"].add_parser(
         "har",
         help="train the HAR CNN or LSTM (or the feature baseline) on accelerometer recordings",
@@ -40,108 +41,101 @@ def register(groups: dict[str, Any]) -> None:
         "subjects and save a checkpoint with training curves (curves.png inside it). With "
         "--folds K, cross-validate instead: K groups of the non-test subjects, each validated "
         "on after every epoch, test subjects untouched; writes cv.json, no checkpoint. "
-        "Deterministic for a seed.",
+        "Deterministic for a seed. Every training setting comes from --recipe (default: "
+        f"{SHIPPED_RECIPE}, the recipe the shipped har-cnn was trained with; its values are "
+        "shown as 'recipe' below); a flag overrides that one setting.",
     )
-    train.add_argument("--data", required=True, help=DATA_HELP)
-    train.add_argument(
+
+    def add(*flags: str, **kwargs: Any) -> None:
+        """A ``train har`` flag; one that sets a recipe key shows the shipped value."""
+        action = train.add_argument(*flags, **kwargs)
+        if action.dest in shipped:
+            value = shipped[action.dest]
+            action.help = f"{action.help} (recipe: {value if value != [] else 'none'})"
+
+    add("--data", required=True, help=DATA_HELP)
+    add(
+        "--recipe",
+        default=SHIPPED_RECIPE,
+        metavar="NAME|FILE",
+        help="training settings: cnn or lstm (models/har/recipes/, the shipped models' "
+        "recipes) or a TOML file of your own with the same keys (default: %(default)s)",
+    )
+    add(
         "--model",
         choices=("cnn", "lstm", "baseline"),
-        default="cnn",
-        help="cnn (default): the article's 1D CNN; lstm: 2-layer LSTM; baseline: window "
+        help="cnn: the article's 1D CNN; lstm: 2-layer LSTM; baseline: window "
         "features + gradient boosting (scikit-learn; writes a report, not a checkpoint)",
     )
-    train.add_argument(
-        "--out", default="runs/har-cnn", help="output directory (checkpoint) (default: %(default)s)"
-    )
-    train.add_argument(
-        "--epochs", type=int, default=40, help="most epochs (early stopping) (default: %(default)s)"
-    )
-    train.add_argument(
-        "--batch-size", type=int, default=400, help="windows per step (default: %(default)s)"
-    )
-    train.add_argument(
+    add("--out", default="runs/har-cnn", help="output directory (checkpoint)")
+    add("--epochs", type=int, help="most epochs (early stopping)")
+    add("--batch-size", type=int, help="windows per step")
+    add(
         "--seed",
         type=int,
-        default=0,
-        help="initialisation, shuffling, dropout (default: %(default)s)",
+        help="initialisation, shuffling, dropout",
     )
-    train.add_argument(
+    add(
         "--hop",
         type=int,
-        default=DEFAULT_HOP,
-        help="samples between windows (default: %(default)s)",
+        help="samples between windows",
     )
-    train.add_argument(
-        "--lr", type=float, default=2e-3, help="peak learning rate (cosine) (default: %(default)s)"
-    )
-    train.add_argument(
-        "--weight-decay", type=float, default=1e-3, help="AdamW weight decay (default: %(default)s)"
-    )
-    train.add_argument(
+    add("--lr", type=float, help="peak learning rate (cosine)")
+    add("--weight-decay", type=float, help="AdamW weight decay")
+    add(
         "--label-smoothing",
         type=float,
-        default=0.1,
-        help="label smoothing; 0 disables it (default: %(default)s)",
+        help="label smoothing; 0 disables it",
     )
-    train.add_argument(
-        "--patience", type=int, default=8, help="epochs without improvement (default: %(default)s)"
-    )
-    train.add_argument(
+    add("--patience", type=int, help="epochs without improvement")
+    add(
         "--augment",
         choices=("rotate", "mirror", "none"),
-        default="mirror",
         help="random watch orientation per training window: x mirror and a small tilt plus "
         "any rotation about z (rotate) or 0/180 degrees about z (mirror); none: off "
-        "(default: %(default)s)",
+        "",
     )
-    train.add_argument(
+    add(
         "--tilt",
         type=float,
-        default=15.0,
-        help="largest random tilt of the watch face, degrees (default: %(default)s)",
+        help="largest random tilt of the watch face, degrees",
     )
-    train.add_argument(
+    add(
         "--scale",
         type=float,
-        default=0.0,
-        help="scale each training window by a random factor in [1-S, 1+S]; 0: off "
-        "(default: %(default)s)",
+        help="scale each training window by a random factor in [1-S, 1+S]; 0: off ",
     )
-    train.add_argument(
+    add(
         "--jitter",
         type=float,
-        default=0.0,
-        help="add Gaussian noise of this deviation (m/s^2); 0: off (default: %(default)s)",
+        help="add Gaussian noise of this deviation (m/s^2); 0: off",
     )
-    train.add_argument(
+    add(
         "--warp",
         type=float,
-        default=0.0,
-        help="stretch each training window in time by a random factor in [1/(1+W), 1+W]; "
-        "0: off (default: %(default)s)",
+        help="stretch each training window in time by a random factor in [1/(1+W), 1+W]; 0: off",
     )
-    train.add_argument(
+    add(
         "--ema",
         type=float,
-        default=0.0,
         metavar="DECAY",
         help="validate and keep an exponential moving average of the weights with this "
-        "decay per step, e.g. 0.99; 0: off (default: %(default)s)",
+        "decay per step, e.g. 0.99; 0: off",
     )
-    train.add_argument(
+    add(
         "--folds",
         type=int,
         metavar="K",
         help="subject-grouped K-fold cross-validation over the non-test subjects (all "
         "--epochs, no early stopping); writes OUT/cv.json instead of a checkpoint",
     )
-    train.add_argument(
+    add(
         "--test-subjects",
         type=_subjects,
         metavar="S1,S2",
         help="held-out test subjects (default: a seeded --test-fraction of them)",
     )
-    train.add_argument(
+    add(
         "--val-subjects",
         type=_val_subjects,
         metavar="S1,S2",
@@ -149,23 +143,19 @@ def register(groups: dict[str, Any]) -> None:
         "'none': no validation, train all non-test subjects for exactly --epochs and keep "
         "the last (or --ema averaged) weights",
     )
-    train.add_argument(
-        "--split-seed", type=int, default=0, help="seed of the subject split (default: %(default)s)"
-    )
-    train.add_argument(
+    add("--split-seed", type=int, help="seed of the subject split")
+    add(
         "--test-fraction",
         type=float,
-        default=0.2,
-        help="share of test subjects (default: %(default)s)",
+        help="share of test subjects",
     )
-    train.add_argument(
+    add(
         "--val-fraction",
         type=float,
-        default=0.15,
-        help="share for validation (default: %(default)s)",
+        help="share for validation",
     )
-    train.add_argument("--version", help="version stored in the checkpoint (default: today)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add("--version", help="version stored in the checkpoint (default: today)")
+    add("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 
     evaluate = groups["evaluate"].add_parser(
@@ -206,6 +196,7 @@ def register(groups: dict[str, Any]) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from harstream.models.har.data import DataError
+    from harstream.models.har.recipes import RECIPE_KEYS
     from harstream.models.har.training import (
         HarTrainConfig,
         cross_validate_har,
@@ -213,31 +204,11 @@ def _train(args: argparse.Namespace) -> int:
         train_har,
     )
 
-    config = HarTrainConfig(
-        data=args.data,
-        model=args.model,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        hop=args.hop,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing,
-        patience=args.patience,
-        augment=args.augment,
-        tilt=args.tilt,
-        scale=args.scale,
-        jitter=args.jitter,
-        warp=args.warp,
-        ema=args.ema,
-        split_seed=args.split_seed,
-        test_fraction=args.test_fraction,
-        val_fraction=args.val_fraction,
-        test_subjects=args.test_subjects,
-        val_subjects=args.val_subjects,
-        **({"version": args.version} if args.version else {}),
-    )
+    given = {k: getattr(args, k) for k in RECIPE_KEYS if getattr(args, k) is not None}
+    if args.version:
+        given["version"] = args.version
     try:
+        config = HarTrainConfig.from_recipe(args.recipe, data=args.data, **given)
         if args.folds is not None:
             cv = cross_validate_har(config, args.folds, args.out, progress=not args.no_progress)
             for i, fold in enumerate(cv["folds"], 1):
@@ -317,6 +288,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _summary(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
+
     from harstream.models.har import network
     from harstream.models.har.windows import AXES, WINDOW
     from harstream.models.summary import summarize

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from harstream.models.har import network
 from harstream.models.har.training import load_windows
 from harstream.models.har.windows import DEFAULT_HOP, Windows
@@ -50,10 +51,10 @@ def evaluate_har(
     set (a serving ``Predictor`` would compile every bucket).
     """
     import jax
-    from harstream.models import reports, training
-    from harstream.models.har import checkpoint
 
     from harstream.families import default_checkpoint
+    from harstream.models import reports, training
+    from harstream.models.har import checkpoint
 
     path = checkpoint_path or default_checkpoint("har")
     model, params, meta = checkpoint.load(path)

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from harstream.models.har.windows import AXES, WINDOW
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from harstream.models.har import network
 from harstream.models.har.data import (
     WISDM2019_ACTIVITIES,
@@ -28,6 +29,7 @@ from harstream.models.har.data import (
     LoadReport,
     load_recordings,
 )
+from harstream.models.har.recipes import SHIPPED_RECIPE, load_recipe
 from harstream.models.har.windows import DEFAULT_HOP, WINDOW, Windows, make_windows
 
 log = logging.getLogger(__name__)
@@ -45,32 +47,47 @@ class Split:
     test: list[str]
 
 
+# The defaults are the shipped recipe's: a plain `harstream train har` (and a
+# HarTrainConfig given only its data) trains what the shipped model was trained with.
+_SHIPPED = load_recipe(SHIPPED_RECIPE)
+
+
 @dataclass
 class HarTrainConfig:
-    """Everything a training run depends on; stored in the checkpoint's metadata."""
+    """Everything a training run depends on; stored in the checkpoint's metadata.
+
+    Defaults: the shipped recipe (``models/har/recipes/cnn.toml``), the one place that
+    holds them. ``val_subjects=[]`` trains on every non-test subject for exactly ``epochs``;
+    None takes a seeded ``val_fraction`` for early stopping.
+    """
 
     data: str
-    model: str = "cnn"
-    epochs: int = 40
-    batch_size: int = 400
-    seed: int = 0
-    hop: int = DEFAULT_HOP
-    lr: float = 2e-3
-    weight_decay: float = 1e-3
-    label_smoothing: float = 0.1
-    patience: int = 8
-    augment: str = "mirror"  # best on validation subjects (docs/results/har.md)
-    tilt: float = TILT_DEG  # largest random tilt of the watch face, degrees
-    scale: float = 0.0  # amplitude scaling by a factor in [1 - scale, 1 + scale] per window
-    jitter: float = 0.0  # Gaussian noise, m/s^2 (standard deviation)
-    warp: float = 0.0  # time stretch by a factor in [1/(1 + warp), 1 + warp] per window
-    ema: float = 0.0  # decay of the weight average (0: off)
-    split_seed: int = 0
-    test_fraction: float = 0.2
-    val_fraction: float = 0.15
+    model: str = _SHIPPED["model"]
+    epochs: int = _SHIPPED["epochs"]
+    batch_size: int = _SHIPPED["batch_size"]
+    seed: int = _SHIPPED["seed"]
+    hop: int = _SHIPPED["hop"]
+    lr: float = _SHIPPED["lr"]
+    weight_decay: float = _SHIPPED["weight_decay"]
+    label_smoothing: float = _SHIPPED["label_smoothing"]
+    patience: int = _SHIPPED["patience"]
+    augment: str = _SHIPPED["augment"]  # best on validation subjects (docs/results/har.md)
+    tilt: float = _SHIPPED["tilt"]  # largest random tilt of the watch face, degrees
+    scale: float = _SHIPPED["scale"]  # amplitude scaling by a factor in [1 - s, 1 + s]
+    jitter: float = _SHIPPED["jitter"]  # Gaussian noise, m/s^2 (standard deviation)
+    warp: float = _SHIPPED["warp"]  # time stretch by a factor in [1/(1 + w), 1 + w]
+    ema: float = _SHIPPED["ema"]  # decay of the weight average per step (0: off)
+    split_seed: int = _SHIPPED["split_seed"]
+    test_fraction: float = _SHIPPED["test_fraction"]
+    val_fraction: float = _SHIPPED["val_fraction"]
     test_subjects: list[str] | None = None
-    val_subjects: list[str] | None = None
+    val_subjects: list[str] | None = field(default_factory=lambda: _SHIPPED.get("val_subjects"))
     version: str = field(default_factory=lambda: dt.date.today().strftime("%Y.%m.%d"))
+
+    @classmethod
+    def from_recipe(cls, recipe: str | Path, **overrides: Any) -> HarTrainConfig:
+        """The config of ``recipe`` (see :func:`load_recipe`) with ``overrides`` on top."""
+        return cls(**{**load_recipe(recipe), **overrides})
 
 
 def class_order(labels: Sequence[str]) -> list[str]:
@@ -278,6 +295,7 @@ def _fit_split(
     fixed number of epochs and keep the last (or averaged) weights."""
     import jax
     import optax
+
     from harstream.models import training
 
     index = {c: i for i, c in enumerate(classes)}
@@ -339,6 +357,7 @@ def _fit_split(
 def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Train, test on held-out subjects, save the checkpoint and curves; return its metadata."""
     import jax
+
     from harstream.models import reports, training
     from harstream.models.har import checkpoint
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from harstream.models.har.data import Recording
 
 # The HAR input contract shared by models, the service and the tools (kept free of JAX so

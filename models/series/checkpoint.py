@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+
 from harstream.models import checkpoint
 from harstream.models.predictor import Predictor
 from harstream.models.series import network

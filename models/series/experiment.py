@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from harstream.models.series import network
 from harstream.models.series.training import global_normalization, train
 

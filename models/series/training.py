@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
 from harstream.models import training
 from harstream.models.series import network
 from harstream.models.series.data import next_value_pairs, read_series, synthetic_series

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import numpy as np
+
 from harstream.models import checkpoint
 from harstream.models.predictor import Predictor
 from harstream.models.text import data, network

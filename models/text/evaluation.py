@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from harstream.models.text import network
 from harstream.models.text.data import (
     file_digest,
@@ -26,8 +27,9 @@ EVAL_BATCH = 128
 
 def text_report(y_true: Any, y_pred: Any, classes: Sequence[str]) -> dict[str, Any]:
     """The shared classification report plus the Matthews correlation and message count."""
-    from harstream.models import reports
     from sklearn.metrics import matthews_corrcoef
+
+    from harstream.models import reports
 
     report = reports.classification_report(y_true, y_pred, classes)
     report["mcc"] = float(matthews_corrcoef(np.asarray(y_true), np.asarray(y_pred)))
@@ -77,10 +79,10 @@ def evaluate_checkpoint(
     ``held_out_only`` keeps just the test messages of the model's own split.
     """
     import jax
-    from harstream.models import training
-    from harstream.models.text import checkpoint
 
     from harstream.families import default_checkpoint
+    from harstream.models import training
+    from harstream.models.text import checkpoint
 
     model, params, meta = checkpoint.load(path or default_checkpoint("text"))
     texts, labels = read_labelled_texts(data)

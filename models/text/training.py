@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from harstream.models.text import network
 from harstream.models.text.data import (
     TextEncoder,
@@ -112,6 +113,7 @@ def train_text(
     """Train, test on held-out messages, fit the baselines, save checkpoint and curves."""
     import jax
     import optax
+
     from harstream.models import training
     from harstream.models.text import checkpoint, glove
 

@@ -58,6 +58,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
+
 from harstream.models.har.windows import RATE_HZ
 from harstream.stream.payloads import json_error, number
 from harstream.stream.routes import PayloadError, Route, Sink, load_family_predictor

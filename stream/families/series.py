@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+
 from harstream.stream.payloads import json_error, number
 from harstream.stream.routes import PayloadError, Route, Sink, load_family_predictor
 

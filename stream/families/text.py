@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+
 from harstream.models.text.data import TextEncoder
 from harstream.stream.payloads import json_error
 from harstream.stream.routes import PayloadError, Route, Sink, load_family_predictor

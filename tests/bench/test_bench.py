@@ -12,10 +12,10 @@ import math
 import jax
 import numpy as np
 import pytest
-from harstream.models.runtime import default_cpu_threads
 
 from harstream.bench import peers
 from harstream.cli import main
+from harstream.models.runtime import default_cpu_threads
 
 RESULT_KEYS = {"family", "runtime", "batch", "p50_ms", "p99_ms", "items_per_s"}
 E2E_KEYS = {

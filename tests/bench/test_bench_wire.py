@@ -7,9 +7,9 @@ import time
 from dataclasses import replace
 
 import pytest
-from harstream.stream.connection import BrokerConfig
 
 from harstream.bench.mqtt_wire import PacketReader, WireClient, publish_packet
+from harstream.stream.connection import BrokerConfig
 
 
 def _config(broker, client_id: str) -> BrokerConfig:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from harstream.families import load_predictor
 from harstream.models import checkpoint
 from harstream.models.har import checkpoint as har_checkpoint
 from harstream.models.har import network
 from harstream.models.predictor import InputError, bucket_sizes, call_plan
-
-from harstream.families import load_predictor
 
 
 @pytest.fixture(scope="session")

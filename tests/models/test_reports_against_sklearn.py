@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from harstream.models import reports
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+from harstream.models import reports
 
 CLASSES = ["walking", "jogging", "sitting", "standing", "stairs"]
 

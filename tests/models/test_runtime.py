@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from harstream.models.runtime import set_cpu_threads
 
 pytestmark = pytest.mark.skipif(

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+
 from harstream.models import training
 
 

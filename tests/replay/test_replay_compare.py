@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
+
 from harstream.replay.compare import Scoreboard, TruthLog, WindowCounter, format_report, percentiles
 from harstream.replay.pacing import Chunk
 

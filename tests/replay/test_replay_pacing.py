@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+
 from harstream.replay.pacing import Track, paced, parse_speed, stagger_offsets, track_chunks
 
 

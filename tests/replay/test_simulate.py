@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from harstream.replay.pacing import Chunk
 from harstream.replay.simulate import (
     ACTIVITIES,

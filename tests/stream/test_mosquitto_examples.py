@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from bus_client import T0, WAIT, Client
+
 from harstream.stream.broker import LOOPBACK, MosquittoBroker, free_port, mosquitto_binary
 from harstream.stream.config import ServeConfig
 from harstream.stream.connection import BrokerConfig, broker_config, connect, make_client

@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 
 import pytest
+
+from harstream.cli import build_parser
 from harstream.stream.cli import config_from_args
 from harstream.stream.config import ConfigError, ServeConfig, default_state_file
 from harstream.stream.connection import BrokerConfig, broker_config, parse_broker_url
 from harstream.stream.service import Service, build_routes
-
-from harstream.cli import build_parser
 
 
 def serve_args(*argv: str) -> argparse.Namespace:
@@ -153,9 +153,8 @@ def test_serve_help_lists_every_flag(capsys):
 def test_every_serve_option_is_a_config_field_with_the_same_default():
     import dataclasses
 
-    from harstream.stream.config import SERVE_OPTIONS, ServeConfig
-
     from harstream import families
+    from harstream.stream.config import SERVE_OPTIONS, ServeConfig
 
     fields = {f.name: f.default for f in dataclasses.fields(ServeConfig)}
     model_options = {f.model_option for f in families.FAMILIES}

@@ -10,9 +10,9 @@ import threading
 import time
 
 import pytest
-from harstream.stream.connection import BrokerConfig, connect, make_client
 
 from harstream.bench.mqtt_wire import WireClient, publish_packet
+from harstream.stream.connection import BrokerConfig, connect, make_client
 
 BURST = 3000
 BURST_BYTES = 128 * 1024  # a burst at least this large arrives over several reads

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from harstream.stream.contract import check_prefix, is_valid_id
 
 

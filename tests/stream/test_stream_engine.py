@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+
 from harstream.stream.engine import DeviceSink, InferenceWorker
 from harstream.stream.metrics import ServiceMetrics
 from harstream.stream.routes import Route

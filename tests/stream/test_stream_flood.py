@@ -14,6 +14,7 @@ import uuid
 
 import numpy as np
 from bus_client import T0, WAIT
+
 from harstream.stream.connection import BrokerConfig, connect, make_client
 from harstream.stream.families.har import encode_binary
 

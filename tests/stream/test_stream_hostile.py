@@ -13,6 +13,9 @@ import numpy as np
 import orjson
 import pytest
 from bus_client import T0
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from harstream.stream import contract
 from harstream.stream.families.har import (
     MAX_ABS_ACCEL,
@@ -25,8 +28,6 @@ from harstream.stream.families.har import (
 )
 from harstream.stream.routes import PayloadError, Route
 from harstream.stream.service import Service
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 # Every kind the contract documents for the HAR route (docs: the errors table).
 DOCUMENTED_KINDS = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from harstream.stream.engine import DeviceSink, InferenceWorker
 from harstream.stream.metrics import ServiceMetrics
 from harstream.stream.ratelimit import RateLimit

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bus_client import T0, WAIT, Client
+
+from harstream.bench.mqtt_wire import WireClient
 from harstream.stream.broker import (
     EmbeddedBroker,
     MosquittoBroker,
@@ -29,8 +31,6 @@ from harstream.stream.config import ServeConfig
 from harstream.stream.connection import BrokerConfig
 from harstream.stream.families.har import encode_binary
 from harstream.stream.service import Service
-
-from harstream.bench.mqtt_wire import WireClient
 
 ROOT = Path(__file__).resolve().parents[2]
 

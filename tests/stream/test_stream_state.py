@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+
 from harstream.stream import state
 from harstream.stream.families.har import Samples, WindowBuffer
 from harstream.stream.families.series import LastValues

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from harstream.models.har.data import DataError, load_recordings
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from harstream.models.har.data import load_recordings
 from harstream.models.har.windows import make_windows
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from harstream.models.har.data import Recording
 from harstream.models.har.windows import make_windows, segments
 

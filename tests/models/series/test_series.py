@@ -5,12 +5,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+
+from harstream.families import default_checkpoint
 from harstream.models import checkpoint
 from harstream.models.har.network import count_params
 from harstream.models.series import checkpoint as series_checkpoint
 from harstream.models.series import data, experiment, network
-
-from harstream.families import default_checkpoint
 
 
 def _shapes(model):

@@ -8,15 +8,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from harstream.cli import main
+from harstream.families import default_checkpoint
 from harstream.models import checkpoint
 from harstream.models.har.network import count_params
 from harstream.models.text import checkpoint as text_checkpoint
 from harstream.models.text import data as text_data
 from harstream.models.text import glove, network
 from harstream.models.text.evaluation import evaluate_text, held_out
-
-from harstream.cli import main
-from harstream.families import default_checkpoint
 
 
 def _shapes(model, max_len=20):

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+
 from harstream.stream.families.har import (
     BINARY_CONTENT_TYPE,
     Samples,

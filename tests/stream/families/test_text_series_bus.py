@@ -7,11 +7,11 @@ import uuid
 
 import pytest
 from bus_client import Client
+
+from harstream.families import load_predictor
 from harstream.stream.config import ServeConfig
 from harstream.stream.connection import BrokerConfig
 from harstream.stream.service import Service
-
-from harstream.families import load_predictor
 
 SPAM = "URGENT! You have WON a guaranteed £1000 cash prize. Call 09061701461 now to claim"
 HAM = "Sorry I missed your call, I'll ring you back after dinner"
