@@ -73,3 +73,10 @@ class Client:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def service_broker(host: str, port: int, version: str, prefix: str) -> BrokerConfig:
+    """How a test's service connects: its broker, protocol and a client id of its own."""
+    return BrokerConfig(
+        host=host, port=port, mqtt_version=version, client_id=f"serve-{prefix}", explicit=True
+    )

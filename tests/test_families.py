@@ -11,14 +11,13 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from bus_client import Client
+from bus_client import Client, service_broker
 from safetensors.numpy import load_file
 
 from harstream import families
 from harstream.models import checkpoint
 from harstream.models.predictor import Predictor
 from harstream.stream.config import ServeConfig, _family_options
-from harstream.stream.connection import BrokerConfig
 from harstream.stream.payloads import number
 from harstream.stream.routes import Route, RouteUnavailable, Sink, load_family_predictor
 from harstream.stream.service import Service, build_routes
@@ -116,13 +115,7 @@ def test_a_family_without_its_shipped_model_is_skipped_unless_asked_for(
 
 
 def test_the_toy_family_is_served_through_a_real_broker(toy, broker, prefix):
-    cfg = BrokerConfig(
-        host=broker.host,
-        port=broker.port,
-        mqtt_version=broker.mqtt_version,
-        client_id=f"serve-{prefix}",
-        explicit=True,
-    )
+    cfg = service_broker(broker.host, broker.port, broker.mqtt_version, prefix)
     config = ServeConfig(broker=cfg, prefix=prefix, families=["toy"], models={"toy": toy})
     device = Client(broker.host, broker.port, prefix, broker.mqtt_version)
     try:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bus_client import T0, WAIT, Client
+from bus_client import T0, WAIT, Client, service_broker
 
 from harstream.stream.broker import LOOPBACK, MosquittoBroker, free_port, mosquitto_binary
 from harstream.stream.config import ServeConfig
@@ -97,13 +97,7 @@ def test_a_broker_that_lost_the_session_is_reported(har_predictor, prefix, caplo
     caplog.set_level(logging.INFO, logger="harstream.stream.service")
     own = MosquittoBroker(free_port())  # no persistence: a crash loses every session
     own.start()
-    cfg = BrokerConfig(
-        host=own.host,
-        port=own.port,
-        mqtt_version=version,
-        client_id=f"serve-{prefix}",
-        explicit=True,
-    )
+    cfg = service_broker(own.host, own.port, version, prefix)
     service = start_service(cfg, har_predictor, prefix=prefix)
     watcher = None
     try:

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import orjson
 import pytest
-from bus_client import T0
+from bus_client import T0, service_broker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -279,15 +279,8 @@ def har_route(har_predictor, prefix: str) -> Route:
 
 def start_service(broker, prefix: str, routes: list[Route], **overrides) -> Service:
     from harstream.stream.config import ServeConfig
-    from harstream.stream.connection import BrokerConfig
 
-    cfg = BrokerConfig(
-        host=broker.host,
-        port=broker.port,
-        mqtt_version=broker.mqtt_version,
-        client_id=f"serve-{prefix}",
-        explicit=True,
-    )
+    cfg = service_broker(broker.host, broker.port, broker.mqtt_version, prefix)
     config = ServeConfig(broker=cfg, prefix=prefix, max_batch=16, **overrides)
     return Service(config, routes=routes).start()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bus_client import T0, WAIT, Client
+from bus_client import T0, WAIT, Client, service_broker
 
 from harstream.bench.mqtt_wire import WireClient
 from harstream.stream.broker import (
@@ -167,13 +167,7 @@ def test_out_of_order_and_duplicate_samples_are_dropped_and_counted(serve, devic
 def test_service_reconnects_when_the_broker_restarts(har_predictor, prefix, version):
     own = MosquittoBroker(free_port())
     own.start()
-    cfg = BrokerConfig(
-        host=own.host,
-        port=own.port,
-        mqtt_version=version,
-        client_id=f"serve-{prefix}",
-        explicit=True,
-    )
+    cfg = service_broker(own.host, own.port, version, prefix)
     service = Service(
         ServeConfig(broker=cfg, prefix=prefix, families=["har"], max_batch=16),
         predictors={"har": har_predictor},

@@ -6,11 +6,10 @@ import math
 import uuid
 
 import pytest
-from bus_client import Client
+from bus_client import Client, service_broker
 
 from harstream.families import load_predictor
 from harstream.stream.config import ServeConfig
-from harstream.stream.connection import BrokerConfig
 from harstream.stream.service import Service
 
 SPAM = "URGENT! You have WON a guaranteed £1000 cash prize. Call 09061701461 now to claim"
@@ -25,13 +24,7 @@ def bus(broker):
         family: load_predictor(family=family, max_batch=4) for family in ("text", "series")
     }
     config = ServeConfig(
-        broker=BrokerConfig(
-            host=broker.host,
-            port=broker.port,
-            mqtt_version=broker.mqtt_version,
-            client_id=f"serve-{prefix}",
-            explicit=True,
-        ),
+        broker=service_broker(broker.host, broker.port, broker.mqtt_version, prefix),
         prefix=prefix,
         families=["text", "series"],
         max_batch=4,
