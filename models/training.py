@@ -80,11 +80,13 @@ def classifier_loss(model: Any, label_smoothing: float = 0.0) -> LossFn:
 
 
 def predict_batches(
-    fn: Callable[[Any, jax.Array], jax.Array], params: Any, x: np.ndarray, batch_size: int = 512
-) -> np.ndarray:
+    fn: Callable[[Any, jax.Array], Any], params: Any, x: np.ndarray, batch_size: int = 512
+) -> Any:
     """``fn(params, x)`` over ``x`` in batches of exactly ``batch_size`` (last one padded).
 
     ``fn`` should already be ``jax.jit``-compiled; fixed batch shapes keep it to one compile.
+    It may return one array or a tuple of them (e.g. probabilities and embeddings); the
+    result has the same structure, each array concatenated over the batches.
     """
     if len(x) == 0:
         raise ValueError("nothing to predict: x is empty")
@@ -95,8 +97,8 @@ def predict_batches(
         if n < batch_size:
             pad = np.zeros((batch_size - n, *chunk.shape[1:]), chunk.dtype)
             chunk = np.concatenate([chunk, pad])
-        outs.append(np.asarray(fn(params, chunk))[:n])
-    return np.concatenate(outs)
+        outs.append(jax.tree_util.tree_map(lambda a, n=n: np.asarray(a)[:n], fn(params, chunk)))
+    return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *outs)
 
 
 def classification_eval(

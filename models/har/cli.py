@@ -29,6 +29,7 @@ def _val_subjects(text: str) -> list[str]:
 def register(groups: dict[str, Any]) -> None:
     """Add ``train har``, ``evaluate har`` and ``summary``."""
     from harstream.models.har.recipes import SHIPPED_RECIPE, load_recipe
+    from harstream.models.har.wearer import DEFAULT_ORDERS, MIN_LABEL_S, SCORE_FROM_S
 
     shipped = load_recipe(SHIPPED_RECIPE)
     train = groups["train"].add_parser(
@@ -183,6 +184,34 @@ def register(groups: dict[str, Any]) -> None:
         help="score every subject, also those the model was trained on",
     )
     evaluate.add_argument("--hop", type=int, help="samples between windows (default: model's)")
+    evaluate.add_argument(
+        "--stream",
+        action="store_true",
+        help="also score each subject's activities as one continuous stream, as a watch sees "
+        "them: windows every second across the changes, labelled with the activity at their "
+        "end, raw and through the service's smoother; accuracy, macro-F1, delay to follow a "
+        "change (median, p90) and missed changes",
+    )
+    evaluate.add_argument(
+        "--orders",
+        type=int,
+        default=DEFAULT_ORDERS,
+        metavar="K",
+        help="streams per subject: file order and K seeded random orders of its activity "
+        "segments (default: %(default)s)",
+    )
+    evaluate.add_argument(
+        "--seed", type=int, default=0, help="seed of the random orders (default: %(default)s)"
+    )
+    evaluate.add_argument(
+        "--calibrate-seconds",
+        type=float,
+        metavar="S",
+        help=f"also calibrate per subject: the first S seconds of each activity are its "
+        f"labels (class prototypes on the CNN embedding); scores windows starting >= "
+        f"{SCORE_FROM_S:g} s into an activity, plain, calibrated and calibrated + smoothed "
+        f"({MIN_LABEL_S:g} <= S <= {SCORE_FROM_S:g})",
+    )
     evaluate.set_defaults(func=_evaluate)
 
     summary = groups[""].add_parser(
@@ -259,6 +288,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from harstream.models.checkpoint import CheckpointError
     from harstream.models.har.data import DataError
     from harstream.models.har.evaluation import evaluate_har
+    from harstream.models.har.wearer import format_wearer
     from harstream.models.reports import save_confusion_png, write_json
 
     try:
@@ -268,12 +298,18 @@ def _evaluate(args: argparse.Namespace) -> int:
             subjects=args.subjects,
             all_subjects=args.all_subjects,
             hop=args.hop,
+            stream=args.stream,
+            orders=args.orders,
+            seed=args.seed,
+            calibrate_seconds=args.calibrate_seconds,
         )
     except (CheckpointError, DataError, ValueError) as exc:
         log.error("%s", exc)
         return 2
     tag = f"{meta['name']}@{meta['version']}"
     _print_report(report, f"{tag} on {len(subjects)} subject(s): {','.join(subjects)}")
+    if "stream" in report or "calibrated" in report:
+        print("\n" + format_wearer(report))
     png = args.png or (
         str(Path(args.json).with_suffix("")) + "-confusion.png" if args.json else DEFAULT_PNG
     )

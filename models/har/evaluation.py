@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from harstream.models.har import network
+from harstream.models.har import network, wearer
 from harstream.models.har.training import load_windows
 from harstream.models.har.windows import DEFAULT_HOP, Windows
 
@@ -41,6 +41,10 @@ def evaluate_har(
     subjects: Sequence[str] | None = None,
     all_subjects: bool = False,
     hop: int | None = None,
+    stream: bool = False,
+    orders: int = wearer.DEFAULT_ORDERS,
+    seed: int = 0,
+    calibrate_seconds: float | None = None,
 ) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
     """Score a HAR checkpoint (the shipped one for ``None``) on labelled data.
 
@@ -49,6 +53,10 @@ def evaluate_har(
     the number is honest), else every subject. Windows whose activity the model does not
     know are left out with a warning. One jit-compiled batch size serves the whole data
     set (a serving ``Predictor`` would compile every bucket).
+
+    ``stream`` adds ``report["stream"]`` and ``calibrate_seconds`` adds
+    ``report["calibrated"]``: the same subjects as the wearer sees them
+    (:mod:`harstream.models.har.wearer`), over file order and ``orders`` random orders.
     """
     import jax
 
@@ -56,6 +64,10 @@ def evaluate_har(
     from harstream.models import reports, training
     from harstream.models.har import checkpoint
 
+    if calibrate_seconds is not None:
+        wearer.check_calibrate_seconds(calibrate_seconds)
+    if orders < 0:
+        raise ValueError(f"--orders must be >= 0, got {orders}")
     path = checkpoint_path or default_checkpoint("har")
     model, params, meta = checkpoint.load(path)
     classes = list(meta["classes"])
@@ -79,10 +91,22 @@ def evaluate_har(
         windows = windows.select(known)
     norm = meta["normalization"]
     forward = jax.jit(
-        network.make_forward(model, np.asarray(norm["mean"]), np.asarray(norm["std"]))
+        network.make_embed_forward(model, np.asarray(norm["mean"]), np.asarray(norm["std"]))
     )
-    probs = training.predict_batches(forward, params, windows.x, batch_size=512)
+
+    def embed(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return training.predict_batches(forward, params, x, batch_size=512)
+
+    probs, _ = embed(windows.x)
     predicted = [classes[i] for i in probs.argmax(axis=1)]
     report = reports.classification_report(windows.labels, predicted, classes)
     report["windows"] = len(windows)
+    if stream or calibrate_seconds is not None:
+        scored = wearer.score_subject_streams(
+            embed, dataset.recordings, chosen, classes, orders=orders, seed=seed
+        )
+        if stream:
+            report["stream"] = wearer.stream_report(scored, classes, orders, seed)
+        if calibrate_seconds is not None:
+            report["calibrated"] = wearer.calibrated_report(scored, len(classes), calibrate_seconds)
     return report, chosen, meta

@@ -79,17 +79,46 @@ def count_params(params: Any) -> int:
     return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
 
 
+def _standardizer(mean: np.ndarray, std: np.ndarray):
+    mean_ = jnp.asarray(mean, jnp.float32)
+    std_ = jnp.asarray(std, jnp.float32)
+    return lambda x: (x - mean_) / std_
+
+
 def make_forward(model: nn.Module, mean: np.ndarray, std: np.ndarray):
     """Pure inference function ``(params, x) -> class probabilities``.
 
     Standardisation constants are closed over (they are fixed per checkpoint), so the
     compiled program does normalisation, the network and softmax in one call.
     """
-    mean_ = jnp.asarray(mean, jnp.float32)
-    std_ = jnp.asarray(std, jnp.float32)
+    standardize = _standardizer(mean, std)
 
     def forward(params: Any, x: jax.Array) -> jax.Array:
-        logits = model.apply({"params": params}, (x - mean_) / std_)
+        logits = model.apply({"params": params}, standardize(x))
         return jax.nn.softmax(logits, axis=-1)
+
+    return forward
+
+
+def _is_dropout(module: nn.Module, _method: str) -> bool:
+    return isinstance(module, nn.Dropout)
+
+
+def make_embed_forward(model: nn.Module, mean: np.ndarray, std: np.ndarray):
+    """Pure function ``(params, x) -> (class probabilities, embedding)``, like :func:`make_forward`.
+
+    The embedding is the input of the final Dense layer (the CNN's 160 pooled features,
+    the LSTM's last hidden state): the output of the Dropout just before it, the identity
+    at inference, recorded with Flax's ``capture_intermediates`` so that the network is not
+    written twice.
+    """
+    standardize = _standardizer(mean, std)
+
+    def forward(params: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logits, state = model.apply(
+            {"params": params}, standardize(x), capture_intermediates=_is_dropout
+        )
+        (emb,) = jax.tree_util.tree_leaves(state["intermediates"])
+        return jax.nn.softmax(logits, axis=-1), emb
 
     return forward

@@ -59,7 +59,10 @@ class Stream:
 def subject_segments(
     recordings: Sequence[Recording], classes: Sequence[str]
 ) -> dict[str, list[Segment]]:
-    """Each subject's labelled segments in file order (segments shorter than a window dropped)."""
+    """Each subject's labelled segments in file order (segments shorter than a window dropped).
+
+    A subject is a recording's ``key`` (``subject`` or ``subject/device``), as in windows.
+    """
     index = {name: i for i, name in enumerate(classes)}
     out: dict[str, list[Segment]] = {}
     for rec in recordings:
@@ -68,7 +71,7 @@ def subject_segments(
         for start, stop in segments(rec):
             if stop - start >= WINDOW and str(rec.labels[start]) in index:
                 seg = Segment(index[str(rec.labels[start])], rec.xyz[start:stop])
-                out.setdefault(rec.subject, []).append(seg)
+                out.setdefault(rec.key, []).append(seg)
     return out
 
 

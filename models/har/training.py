@@ -27,6 +27,7 @@ from harstream.models.har.data import (
     WISDM2019_ACTIVITIES,
     WISDM_V11_ACTIVITIES,
     LoadReport,
+    Recording,
     load_recordings,
 )
 from harstream.models.har.recipes import SHIPPED_RECIPE, load_recipe
@@ -248,10 +249,11 @@ def augment_windows(rng: np.random.Generator, x: np.ndarray, config: HarTrainCon
 
 @dataclass
 class HarDataset:
-    """Windows of a data path, with the load report (for messages)."""
+    """Windows of a data path, the recordings they were cut from and the load report."""
 
     windows: Windows
     report: LoadReport
+    recordings: list[Recording]
 
 
 def load_windows(path: str | Path, hop: int = DEFAULT_HOP) -> HarDataset:
@@ -262,7 +264,7 @@ def load_windows(path: str | Path, hop: int = DEFAULT_HOP) -> HarDataset:
         raise ValueError(f"{path}: no complete {WINDOW}-sample windows in the data")
     if (windows.labels == "").any():
         raise ValueError(f"{path}: training and evaluation need labelled data (a label column)")
-    return HarDataset(windows, report)
+    return HarDataset(windows, report, recordings)
 
 
 def _check_config(config: HarTrainConfig) -> None:
