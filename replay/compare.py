@@ -213,6 +213,7 @@ class Scoreboard:
     classes: list[str] = field(default_factory=list)
     y_true: list[str] = field(default_factory=list)
     y_pred: list[str] = field(default_factory=list)
+    y_raw: list[str] = field(default_factory=list)  # the model's own answer, before smoothing
     latency: list[float] = field(default_factory=list)
     service_latency: list[float] = field(default_factory=list)
     latest: dict[str, Latest] = field(default_factory=dict)
@@ -234,6 +235,10 @@ class Scoreboard:
             window = msg["window"]
             start, end = float(window["start"]), float(window["end"])
             confidence = float(msg.get("confidence", math.nan))
+            # `activity` is what the service publishes (smoothed when it smooths); `raw`
+            # holds the window's own answer. A service without `raw` publishes that alone.
+            raw = msg.get("raw")
+            raw_activity = activity if raw is None else str(raw["activity"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             with self._lock:
                 self.bad[type(exc).__name__] += 1
@@ -262,6 +267,7 @@ class Scoreboard:
             else:
                 self.y_true.append(label)
                 self.y_pred.append(activity)
+                self.y_raw.append(raw_activity)
                 self.hits += label == activity
             self.latest[device] = Latest(activity, confidence, label, latency, received_at)
 
@@ -278,7 +284,7 @@ class Scoreboard:
     def report(self, windows_expected: int, **extra: Any) -> dict[str, Any]:
         """The final report: the contract's keys first, then details."""
         with self._lock:
-            y_true, y_pred = list(self.y_true), list(self.y_pred)
+            y_true, y_pred, y_raw = list(self.y_true), list(self.y_pred), list(self.y_raw)
             classes = list(self.classes)
             for name in (*y_true, *y_pred):
                 if name not in classes:
@@ -286,6 +292,7 @@ class Scoreboard:
             out: dict[str, Any] = {
                 "accuracy": None,
                 "macro_f1": None,
+                "raw_accuracy": None,
                 "windows_expected": int(windows_expected),
                 "windows_received": self.received,
                 "latency_ms": percentiles(self.latency),
@@ -299,6 +306,7 @@ class Scoreboard:
         if y_true:
             scores = classification_report(y_true, y_pred, classes)
             out.update(accuracy=scores["accuracy"], macro_f1=scores["macro_f1"])
+            out["raw_accuracy"] = float(np.mean(np.asarray(y_raw) == np.asarray(y_true)))
             out.update(classes=classes, per_class=scores["per_class"])
             out["confusion"] = scores["confusion"]
         out.update(extra)
@@ -343,6 +351,10 @@ def format_report(report: dict[str, Any]) -> str:
     else:
         scores = {k: report[k] for k in ("accuracy", "macro_f1", "per_class", "confusion")}
         lines.append(format_scores(scores, report["classes"]))
+        lines.append(
+            f"accuracy of the published activity {report['accuracy']:.4f}, of each window's "
+            f"own (raw) answer {report['raw_accuracy']:.4f}"
+        )
     return "\n".join(lines)
 
 

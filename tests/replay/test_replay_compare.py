@@ -15,18 +15,19 @@ def _chunk(device: str, t: np.ndarray, labels: list[str] | None) -> Chunk:
     return Chunk(device, float(t[-1]), t, xyz, None if labels is None else np.array(labels))
 
 
-def _prediction(device: str, start: float, end: float, activity: str) -> bytes:
-    return orjson.dumps(
-        {
-            "device": device,
-            "activity": activity,
-            "confidence": 0.9,
-            "probs": {"walking": 0.5, "sitting": 0.5},
-            "window": {"start": float(start), "end": float(end), "samples": 80},
-            "model": "m@1",
-            "latency_ms": 2.0,
-        }
-    )
+def _prediction(device: str, start: float, end: float, activity: str, raw: object = None) -> bytes:
+    msg = {
+        "device": device,
+        "activity": activity,
+        "confidence": 0.9,
+        "probs": {"walking": 0.5, "sitting": 0.5},
+        "window": {"start": float(start), "end": float(end), "samples": 80},
+        "model": "m@1",
+        "latency_ms": 2.0,
+    }
+    if raw is not None:
+        msg["raw"] = raw
+    return orjson.dumps(msg)
 
 
 def test_window_label_is_the_majority_of_its_samples_and_latency_is_measured() -> None:
@@ -95,3 +96,22 @@ def test_scoreboard_report_has_the_contract_keys() -> None:
     text = format_report(report)
     assert text.startswith("SIMULATED") and "windows expected 3, received 2" in text
     assert percentiles([]) == {"p50": None, "p90": None, "p99": None, "max": None}
+
+
+def test_raw_accuracy_is_of_the_windows_own_answer_and_defaults_to_the_published_one() -> None:
+    truth = TruthLog()
+    t = np.arange(160) / 20
+    truth.record(_chunk("d", t, ["walking"] * 160), sent_at=0.0)
+    truth.record(_chunk("old", t, ["walking"] * 160), sent_at=0.0)
+    board = Scoreboard(truth)
+    flicker = {"activity": "sitting", "confidence": 0.6}
+    board.on_prediction(_prediction("d", t[0], t[79], "walking", raw=flicker))  # smoothed right
+    board.on_prediction(_prediction("d", t[20], t[99], "walking", raw={"activity": "walking"}))
+    board.on_prediction(_prediction("old", t[40], t[119], "sitting"))  # no raw: raw = activity
+    board.on_prediction(_prediction("d", t[60], t[139], "walking", raw="sitting"))  # malformed
+    report = board.report(windows_expected=4)
+    assert report["bad_predictions"] == 1 and report["windows_scored"] == 3
+    assert report["accuracy"] == pytest.approx(2 / 3)
+    assert report["raw_accuracy"] == pytest.approx(1 / 3)
+    assert "of each window's own (raw) answer 0.3333" in format_report(report)
+    assert Scoreboard(TruthLog()).report(windows_expected=0)["raw_accuracy"] is None
