@@ -261,3 +261,30 @@ def test_baseline_features_and_fit():
     assert features.shape[0] == 120 and np.isfinite(features).all()
     model, seconds = train_baseline(x[::2], y[::2])
     assert (predict_baseline(model, x[1::2]) == y[1::2]).mean() > 0.9 and seconds >= 0
+
+
+def test_evaluate_as_the_wearer_sees_it(trained, tmp_path, capsys):
+    """Streams and calibration through the command line, on 50 s activities of subject 1600."""
+    folder = tmp_path / "long"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for subject in (1600, 1601):
+        write_subject(folder, subject, rng, per_class=1000)
+    out = tmp_path / "wearer.json"
+    assert main(["evaluate", "har", "--data", str(folder), "--model", str(trained),
+                 "--stream", "--orders", "2", "--seed", "4", "--calibrate-seconds", "10",
+                 "--json", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    stream, cal = report["stream"], report["calibrated"]
+    assert stream["orders"] == 2 and stream["streams"] == 3  # the test subject only
+    assert stream["changes"] == 3 * 5 and stream["windows"] == 3 * (300 - 4 + 1)
+    assert 0.5 < stream["raw_accuracy"] <= 1 and 0.5 < stream["accuracy"] <= 1
+    assert 0 < stream["macro_f1"] <= 1 and 0 <= stream["missed_changes"] <= 0.5
+    assert stream["missed_changes_count"] == round(stream["missed_changes"] * 15)
+    assert 1.0 <= stream["delay_s"]["median"] <= stream["delay_s"]["p90"] <= 50
+    assert cal["seconds"] == 10 and cal["windows"] == 6 * 7  # starts at 40..46 s of 50 s
+    for key in ("accuracy", "stream_accuracy", "plain_accuracy"):
+        assert 0.5 < cal[key] <= 1, key
+    assert "as the wearer sees it" in capsys.readouterr().out
+    assert main(["evaluate", "har", "--data", str(folder), "--model", str(trained),
+                 "--calibrate-seconds", "2"]) == 2  # fmt: skip
