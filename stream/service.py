@@ -44,7 +44,7 @@ from harstream.stream.devices import BufferTable
 from harstream.stream.engine import DeviceSink, InferenceWorker
 from harstream.stream.metrics import FamilyMetrics, ServiceMetrics
 from harstream.stream.payloads import error_payload
-from harstream.stream.ratelimit import RATE_LIMITED, RateLimit
+from harstream.stream.ratelimit import RATE_LIMITED, RATE_LIMITED_MESSAGES, RateLimit
 from harstream.stream.routes import PayloadError, Restorable, Route, RouteUnavailable
 from harstream.stream.watchdog import HandlerWatch, LogLimiter
 
@@ -69,6 +69,7 @@ class _Served:
     worker: InferenceWorker
     table: BufferTable
     metrics: FamilyMetrics
+    limit: RateLimit | None  # the per-device rate limit (None: --device-rate-margin 0)
 
 
 def build_routes(config: ServeConfig, predictors: dict[str, Any] | None = None) -> list[Route]:
@@ -181,13 +182,14 @@ class Service:
                 max_wait_s=self.config.max_wait_ms / 1000.0,
                 queue_size=self.config.queue_size,
             )
+            limit = self._rate_limit(route)
             table = BufferTable(
-                self._buffer_factory(route, worker, fm, self._rate_limit(route)),
+                self._buffer_factory(route, worker, fm, limit),
                 max_ids=self.config.max_devices,
                 ttl_s=self.config.idle_ttl,
-                on_evict=self._evict_hook(fm),
+                on_evict=self._evict_hook(fm, limit),
             )
-            self._served[route.suffix] = _Served(route, worker, table, fm)
+            self._served[route.suffix] = _Served(route, worker, table, fm, limit)
             worker.start()
         self._restore_state()
         self._client = make_client(
@@ -416,9 +418,12 @@ class Service:
                 topic,
             )
             return
+        mono = time.perf_counter()
+        if served.limit is not None and served.limit.closed(device, mono):
+            fm.drop(RATE_LIMITED_MESSAGES)  # over its share: not worth decoding
+            return
         props = msg.properties
         content_type = getattr(props, "ContentType", None) if props is not None else None
-        mono = time.perf_counter()
         try:
             value = served.route.decode(payload, content_type)
             count = served.table.get(device, mono).push(value, time.time(), mono)
@@ -629,9 +634,11 @@ class Service:
             notify,
         )
 
-    def _evict_hook(self, fm: FamilyMetrics) -> Any:
+    def _evict_hook(self, fm: FamilyMetrics, limit: RateLimit | None) -> Any:
         def on_evict(device: str, reason: str) -> None:
             fm.evicted(reason)
+            if limit is not None:
+                limit.forget(device)
             log.debug("event=evicted family=%s device=%s reason=%s", fm.family, device, reason)
 
         return on_evict

@@ -20,6 +20,7 @@ class Client:
     def __init__(self, host: str, port: int, prefix: str, version: str = "5", **tls) -> None:
         self.prefix = prefix
         self.messages: dict[str, list[bytes]] = defaultdict(list)
+        self.arrived: dict[str, list[float]] = defaultdict(list)  # time.monotonic() of each
         self._cond = threading.Condition()
         cfg = BrokerConfig(
             host=host,
@@ -42,6 +43,7 @@ class Client:
     def _on_message(self, _client, _userdata, msg) -> None:
         with self._cond:
             self.messages[msg.topic].append(msg.payload)
+            self.arrived[msg.topic].append(time.monotonic())
             self._cond.notify_all()
 
     def publish(self, device: str, payload, suffix: str = "accel") -> None:

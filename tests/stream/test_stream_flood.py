@@ -1,8 +1,10 @@
 """One flooding id through a real broker: it is limited on its own, the other devices keep up.
 
-A flooder sends 4,096-sample binary messages (about 205 windows each) at 100 messages/s
-for up to 4 s, 2.5 times the flood that once left 50 ordinary devices with 99 of their
-1,000 windows, while 50 devices stream at 20 Hz (10 timed samples per message).
+A flooder sends 4,096-sample binary messages (about 205 windows each) as fast as its client
+can for up to 3 s (about 900 a second here; 40 a second once left 50 ordinary devices with
+99 of their 1,000 windows), while 50 devices stream at 20 Hz (10 timed samples per message).
+The ordinary devices must get their windows, and in time: a flooder whose messages were
+decoded before its windows were dropped once held them up by 14 to 190 s.
 """
 
 from __future__ import annotations
@@ -24,9 +26,8 @@ PER_MESSAGE = 10
 SECONDS = 12  # 240 samples per device: windows at 80, 100, ..., 240 -> 9 each
 EXPECTED_PER_DEVICE = 1 + (int(SECONDS * RATE) - 80) // 20
 FLOOD_SAMPLES = 4096
-FLOOD_PER_S = 100.0
-FLOOD_MAX_S = 4.0
-FLOOD_MAX_MESSAGES = int(FLOOD_PER_S * FLOOD_MAX_S)
+FLOOD_MAX_S = 3.0
+FLOOD_MAX_MESSAGES = 3000
 
 
 def _broker_cfg(broker, client_id: str) -> BrokerConfig:
@@ -40,7 +41,7 @@ def _broker_cfg(broker, client_id: str) -> BrokerConfig:
 
 
 def _flood(broker, prefix: str, start: threading.Event, sent: list[int]) -> None:
-    """Publish timestamp-contiguous 4,096-sample messages as ``flood`` at FLOOD_PER_S."""
+    """Publish timestamp-contiguous 4,096-sample messages as ``flood``, as fast as possible."""
     client = make_client(_broker_cfg(broker, f"flood-{uuid.uuid4().hex[:8]}"), persistent=False)
     connect(client, _broker_cfg(broker, ""), persistent=False)
     xyz = np.random.default_rng(1).normal(size=(FLOOD_SAMPLES, 3)).astype(np.float32)
@@ -49,10 +50,8 @@ def _flood(broker, prefix: str, start: threading.Event, sent: list[int]) -> None
     began = time.perf_counter()
     infos = []
     for i in range(FLOOD_MAX_MESSAGES):
-        due = began + i / FLOOD_PER_S
-        if due - began > FLOOD_MAX_S:
+        if time.perf_counter() - began > FLOOD_MAX_S:
             break
-        time.sleep(max(0.0, due - time.perf_counter()))
         payload = encode_binary(xyz, rate_hz=RATE, t0=T0 + i * FLOOD_SAMPLES / RATE)
         infos.append(client.publish(topic, payload, qos=1))
     for info in infos:
@@ -72,9 +71,9 @@ def test_a_flooding_device_is_limited_and_the_others_get_their_windows(
     try:
         ids = [f"dev-{i:02d}" for i in range(DEVICES)]
         rng = np.random.default_rng(0)
-        began = time.perf_counter()
+        began = time.monotonic()
         for tick in range(int(SECONDS * RATE) // PER_MESSAGE):
-            time.sleep(max(0.0, began + tick * PER_MESSAGE / RATE - time.perf_counter()))
+            time.sleep(max(0.0, began + tick * PER_MESSAGE / RATE - time.monotonic()))
             if tick == 4:  # 2 s in: the first windows are being cut when the flood starts
                 start_flood.set()
             for d in ids:
@@ -92,26 +91,29 @@ def test_a_flooding_device_is_limited_and_the_others_get_their_windows(
             time.sleep(0.1)
         m = service.metrics
         limited = m.value("harstream_drops_total", family="har", reason="rate_limited")
-        made = 1 + (messages * FLOOD_SAMPLES - 80) // 20  # the flooder's windows
-        # every flood window is either classified or dropped as rate_limited
-        while time.monotonic() < deadline and limited + len(device.json_of("flood")) < made:
-            time.sleep(0.1)
-            limited = m.value("harstream_drops_total", family="har", reason="rate_limited")
+        unread = m.value("harstream_drops_total", family="har", reason="rate_limited_messages")
         preds = {d: device.json_of(d) for d in ids}
         got = sum(map(len, preds.values()))
-        latencies = [p["latency_ms"] for ps in preds.values() for p in ps]
+        # how late each prediction came after the message completing its window was sent
+        late = [
+            arrived
+            - (began + round((p["window"]["end"] - T0) * RATE) // PER_MESSAGE * PER_MESSAGE / RATE)
+            for d in ids
+            for p, arrived in zip(preds[d], device.arrived[f"{prefix}/{d}/activity"], strict=False)
+        ]
         passed = len(device.json_of("flood"))
         errors = device.json_of("flood", "errors")
         print(
-            f"\nnormal devices: {got}/{expected} windows, in-service latency p50 "
-            f"{statistics.median(latencies):.1f} ms max {max(latencies):.1f} ms; flooder: "
-            f"{messages} messages, {made} windows, {passed} classified, {limited:.0f} "
-            f"rate_limited, {len(errors)} error(s)"
+            f"\nnormal devices: {got}/{expected} windows, late p50 {statistics.median(late):.2f} "
+            f"s max {max(late):.2f} s; flooder: {messages} messages, {passed} windows "
+            f"classified, {limited:.0f} windows and {unread:.0f} messages rate_limited, "
+            f"{len(errors)} error(s)"
         )
         assert got >= 0.99 * expected, f"normal devices got {got} of {expected} windows"
-        assert statistics.median(latencies) < 1000.0  # generous: the machine is shared
+        # generous for a shared machine, but far from the 14-190 s of a flood decoded in full
+        assert statistics.median(late) < 1.0 and max(late) < 5.0
         assert m.value("harstream_drops_total", family="har", reason="queue_full") == 0
-        assert limited + passed == made and limited > 0.9 * made
+        assert limited > 0 and unread > 0.5 * messages  # most of the flood is never decoded
         # the burst (120 windows) plus 25/s over the flood and the drain, no more
         assert passed <= 120 + 25 * (FLOOD_MAX_S + WAIT)
         assert errors and {e["error"] for e in errors} == {"rate_limited"}

@@ -21,13 +21,31 @@ def admitted(bucket, times) -> int:
     return sum(bucket.admit(t) for t in times)
 
 
-def test_a_full_bucket_passes_the_burst_then_only_the_rate():
+def test_a_full_bucket_passes_the_burst_then_the_excess_is_owed():
     limit, _ = make_limit(real_rate=1.0, margin=5.0, burst_s=10.0)  # 5/s, bursts of 10
     bucket = limit.bucket("flood")
     assert admitted(bucket, [0.0] * 25) == 10  # one message of 25 windows at t=0
-    assert admitted(bucket, [1.0] * 25) == 5  # one second later: 5 tokens came back
-    # a steady 100 inputs/s for 10 s gets 5/s
-    assert admitted(bucket, [1.0 + i / 100 for i in range(1, 1001)]) == 50
+    # the 15 refused are owed, up to one burst (10): closed until 2 s of the rate repaid it
+    assert bucket.closed(1.9) and limit.closed("flood", 1.9)
+    assert not bucket.closed(2.2) and admitted(bucket, [2.2]) == 1
+    # an id within its share (5/s here) after that never owes anything
+    assert admitted(bucket, [2.4 + i / 5 for i in range(1, 51)]) == 50
+
+
+def test_a_flooding_id_gets_at_most_its_rate():
+    limit, _ = make_limit(real_rate=1.0, margin=5.0, burst_s=10.0)
+    bucket = limit.bucket("flood")
+    passed = admitted(bucket, [i / 100 for i in range(1000)])  # 100 inputs/s for 10 s
+    assert 10 <= passed <= 10 + 5 * 10  # the burst, then no more than the rate
+
+
+def test_the_service_forgets_an_evicted_ids_bucket():
+    limit, _ = make_limit(real_rate=1.0, margin=1.0, burst_s=1.0)
+    bucket = limit.bucket("gone")
+    assert bucket.admit(0.0) and not bucket.admit(0.0)
+    assert limit.closed("gone", 0.0)
+    limit.forget("gone")
+    assert not limit.closed("gone", 0.0)  # unknown ids are never closed
 
 
 def test_a_device_at_its_real_rate_never_loses_anything():
@@ -55,7 +73,7 @@ def test_capacity_is_at_least_one_input():
     limit, _ = make_limit(real_rate=0.05, margin=20.0, burst_s=1.0)  # 0.05 inputs in 1 s
     assert limit.capacity == 1.0 and limit.rate == 1.0
     bucket = limit.bucket("d")
-    assert admitted(bucket, [0.0, 0.0, 1.0]) == 2
+    assert admitted(bucket, [0.0, 0.0, 2.0]) == 2  # the refused one is repaid by t = 1
 
 
 def test_notices_are_rate_limited_and_carry_the_count_since_the_last():
@@ -63,7 +81,9 @@ def test_notices_are_rate_limited_and_carry_the_count_since_the_last():
     bucket = limit.bucket("flood")
     assert bucket.admit(0.0)
     assert not bucket.admit(0.0)  # the first drop is told at once
-    assert [d for d, _ in notices] == ["flood"] and notices[0][1].startswith("1 input(s) dropped")
+    assert [d for d, _ in notices] == ["flood"] and notices[0][1].startswith(
+        "1 input(s) or message(s) dropped"
+    )
     dropped = 1
     for i in range(1, 100):  # 10 inputs/s for 9.9 s: about 1/s pass, nothing told yet
         dropped += not bucket.admit(i / 10)
@@ -105,10 +125,11 @@ def test_the_sink_drops_excess_before_the_queue_and_counts_it():
     worker = InferenceWorker(route, lambda t, p: None, fm, prefix="p", queue_size=1000)
     limit, notices = make_limit(real_rate=1.0, margin=2.0, burst_s=4.0)
     sink = DeviceSink("flood", worker, fm, limit.bucket("flood"))
-    for t in (0.0, 1.0):
+    for t in (0.0, 3.0):  # 10 inputs at once, twice, 3 s apart
         for _ in range(10):
             sink.emit(np.zeros(2, np.float32), None, t)
-    assert worker._queue.qsize() == 4 + 2  # the burst, then 2 tokens a second later
+    # the burst of 4; 6 refused, owed up to 4 and repaid at 2/s: 3 s later 2 more pass
+    assert worker._queue.qsize() == 4 + 2
     assert metrics.value("harstream_drops_total", family="har", reason="rate_limited") == 14
     assert metrics.value("harstream_drops_total", family="har", reason="queue_full") == 0
     assert len(notices) == 1
