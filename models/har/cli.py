@@ -59,8 +59,9 @@ def register(groups: dict[str, Any]) -> None:
         "--recipe",
         default=SHIPPED_RECIPE,
         metavar="NAME|FILE",
-        help="training settings: cnn or lstm (models/har/recipes/, the shipped models' "
-        "recipes) or a TOML file of your own with the same keys (default: %(default)s)",
+        help="training settings: cnn or lstm (the shipped models' recipes, TOML files in "
+        "harstream/models/har/recipes/) or a TOML file of your own with the same keys; the "
+        "'recipe' values below are the default recipe's (default: %(default)s)",
     )
     add(
         "--model",
