@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bus_client import T0, WAIT, Client, service_broker
+from bus_client import T0, WAIT, Client, assert_smoothed, service_broker
 
 from harstream.bench.mqtt_wire import WireClient
 from harstream.stream.broker import (
@@ -384,6 +384,8 @@ def test_a_planned_restart_predicts_every_window_exactly_once(broker, serve, dev
     finally:
         sent = streamer.stop()
     assert_every_window_once(device, devices, sent)
+    for d in devices:  # the filter went on where it was: no restart, no extra change event
+        assert_smoothed(device, d)
     received = sum(
         s.metrics.value("harstream_samples_total", family="har") for s in (first, second)
     )
