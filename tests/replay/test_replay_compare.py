@@ -15,18 +15,21 @@ def _chunk(device: str, t: np.ndarray, labels: list[str] | None) -> Chunk:
     return Chunk(device, float(t[-1]), t, xyz, None if labels is None else np.array(labels))
 
 
-def _prediction(device: str, start: float, end: float, activity: str) -> bytes:
-    return orjson.dumps(
-        {
-            "device": device,
-            "activity": activity,
-            "confidence": 0.9,
-            "probs": {"walking": 0.5, "sitting": 0.5},
-            "window": {"start": float(start), "end": float(end), "samples": 80},
-            "model": "m@1",
-            "latency_ms": 2.0,
-        }
-    )
+def _prediction(
+    device: str, start: float, end: float, activity: str, raw: str | None = None
+) -> bytes:
+    doc = {
+        "device": device,
+        "activity": activity,
+        "confidence": 0.9,
+        "probs": {"walking": 0.5, "sitting": 0.5},
+        "window": {"start": float(start), "end": float(end), "samples": 80},
+        "model": "m@1",
+        "latency_ms": 2.0,
+    }
+    if raw is not None:
+        doc["raw"] = {"activity": raw, "confidence": 0.5}
+    return orjson.dumps(doc)
 
 
 def test_window_label_is_the_majority_of_its_samples_and_latency_is_measured() -> None:
@@ -95,3 +98,16 @@ def test_scoreboard_report_has_the_contract_keys() -> None:
     text = format_report(report)
     assert text.startswith("SIMULATED") and "windows expected 3, received 2" in text
     assert percentiles([]) == {"p50": None, "p90": None, "p99": None, "max": None}
+
+
+def test_the_scoreboard_counts_the_flips_smoothing_removed() -> None:
+    truth = TruthLog()
+    t = np.arange(200) / 20
+    truth.record(_chunk("d", t, None), sent_at=0.0)
+    board = Scoreboard(truth, {"d"})
+    raw = ["walking", "sitting", "walking", "walking", "sitting", "sitting"]
+    shown = ["walking", "walking", "walking", "walking", "walking", "sitting"]
+    for k, (r, a) in enumerate(zip(raw, shown, strict=True)):
+        board.on_prediction(_prediction("d", t[20 * k], t[20 * k + 79], a, raw=r))
+    assert (board.raw_flips, board.flips) == (3, 1)
+    assert board.latest_copy()["d"].raw == "sitting"
