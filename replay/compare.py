@@ -202,6 +202,7 @@ class Latest:
     truth: str | None
     latency_ms: float | None
     received: float
+    raw: str | None = None  # the window's own answer, when the service smooths
 
 
 @dataclass
@@ -221,6 +222,8 @@ class Scoreboard:
     foreign: int = 0  # predictions for our ids about samples sent before this run
     hits: int = 0
     unmatched: int = 0
+    flips: int = 0  # consecutive predictions of a device that changed activity
+    raw_flips: int = 0  # the same for the windows' own answers (``raw``), when smoothed
     bad: Counter = field(default_factory=Counter)
     models: Counter = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -239,6 +242,7 @@ class Scoreboard:
             # holds the window's own answer. A service without `raw` publishes that alone.
             raw = msg.get("raw")
             raw_activity = activity if raw is None else str(raw["activity"])
+            raw = None if raw is None else raw_activity
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             with self._lock:
                 self.bad[type(exc).__name__] += 1
@@ -269,7 +273,11 @@ class Scoreboard:
                 self.y_pred.append(activity)
                 self.y_raw.append(raw_activity)
                 self.hits += label == activity
-            self.latest[device] = Latest(activity, confidence, label, latency, received_at)
+            before = self.latest.get(device)
+            if before is not None:
+                self.flips += before.activity != activity
+                self.raw_flips += None not in (before.raw, raw) and before.raw != raw
+            self.latest[device] = Latest(activity, confidence, label, latency, received_at, raw)
 
     def latest_copy(self) -> dict[str, Latest]:
         """Each device's most recent prediction (a copy, safe to read from any thread)."""

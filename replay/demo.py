@@ -5,9 +5,11 @@ the address is on this machine, has the service start its embedded broker for th
 lifetime. The service runs in this process with the shipped models; several devices
 (recordings from ``--data``, else SIMULATED devices) stream at 20 Hz through the same run
 loop as ``harstream replay --compare``, and a live table shows each device's true and
-predicted activity. One text message and one series go through the bus when those model
-families are installed. Topics use the prefix ``demo`` so that a service already running
-on the same broker is neither fed nor disturbed (its retained status stays its own).
+predicted activity (smoothed over recent windows, beside each window's own "raw" answer,
+with a count of the flips smoothing removed). One text message and one series go through
+the bus when those model families are installed. Topics use the prefix ``demo`` so that a
+service already running on the same broker is neither fed nor disturbed (its retained
+status stays its own).
 """
 
 from __future__ import annotations
@@ -63,8 +65,8 @@ class LiveTable:
         elapsed = time.monotonic() - self.started
         out = [f"{self.title}   {elapsed:5.0f} s", ""]
         out.append(
-            f"{'device':<12} {'true activity':<14} {'predicted':<14} {'confidence':>10} "
-            f"{'latency':>10}"
+            f"{'device':<12} {'true activity':<14} {'predicted':<14} {'raw window':<12} "
+            f"{'confidence':>10} {'latency':>10}"
         )
         latest = self.board.latest_copy()
         for device in self.devices:
@@ -76,15 +78,21 @@ class LiveTable:
             mark = "" if row.truth is None else (" ok" if row.truth == row.activity else " x")
             latency = "-" if row.latency_ms is None else f"{row.latency_ms:.1f} ms"
             out.append(
-                f"{device:<12} {truth:<14} {row.activity + mark:<14} {row.confidence:>10.2f} "
-                f"{latency:>10}"
+                f"{device:<12} {truth:<14} {row.activity + mark:<14} {row.raw or '-':<12} "
+                f"{row.confidence:>10.2f} {latency:>10}"
             )
-        acc = self.board.running_accuracy
+        board = self.board
+        acc = board.running_accuracy
         out.append("")
         out.append(
-            f"windows classified: {self.board.received}"
+            f"windows classified: {board.received}"
             + ("" if acc is None else f"   running accuracy: {acc:.3f}")
         )
+        if board.raw_flips:
+            out.append(
+                f"activity changes: {board.flips} shown, {board.raw_flips} in the raw windows "
+                f"({board.raw_flips - board.flips} flips removed by smoothing)"
+            )
         return out + self.notes
 
     def draw(self, force: bool = False) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harstream.models.har.smoothing import SmootherParams
 from harstream.stream.contract import check_prefix
 from harstream.stream.ratelimit import DEFAULT_BURST_S, DEFAULT_MARGIN
 
@@ -205,6 +206,32 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "a timestamp jump longer than this restarts the device's window",
         "SECONDS",
     ),
+    Option(
+        "smoothing",
+        "str",
+        "hmm",
+        "HAR: hmm smooths each device's activity over its recent windows (a sticky-HMM "
+        "filter; the window's own answer stays in the prediction's raw object, and "
+        "<prefix>/<id>/state tells each change); off publishes each window's own answer",
+        "hmm|off",
+        choices=("hmm", "off"),
+    ),
+    Option(
+        "smoothing_stay",
+        "float",
+        SmootherParams.p_stay,
+        "HAR smoothing: the filter's probability that the activity continues from one window "
+        "to the next (0-1; higher: steadier, slower to follow a change)",
+        "P",
+    ),
+    Option(
+        "smoothing_beta",
+        "float",
+        SmootherParams.beta,
+        "HAR smoothing: the weight of one window as evidence (0-1]; overlapping windows are "
+        "not independent, so less than 1",
+        "B",
+    ),
     Option("max_batch", "int", 128, "largest inference batch (power-of-two buckets)", "N"),
     Option(
         "max_wait_ms",
@@ -319,6 +346,9 @@ class ServeConfig:
     prefix: str = _default("prefix")
     hop: int = _default("hop")
     max_gap: float = _default("max_gap")
+    smoothing: str = _default("smoothing")
+    smoothing_stay: float = _default("smoothing_stay")
+    smoothing_beta: float = _default("smoothing_beta")
     max_batch: int = _default("max_batch")
     max_wait_ms: float = _default("max_wait_ms")
     queue_size: int = _default("queue_size")
@@ -370,9 +400,19 @@ class ServeConfig:
         checks.append(
             (not unknown, f"unknown families {unknown}; expected some of {families.names()}")
         )
+        checks.append(
+            (
+                self.smoothing in ("hmm", "off"),
+                f"smoothing must be hmm or off, not {self.smoothing}",
+            )
+        )
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        try:
+            SmootherParams(p_stay=self.smoothing_stay, beta=self.smoothing_beta)
+        except ValueError as exc:
+            raise ConfigError(f"smoothing: {exc}") from None
         try:
             check_prefix(self.prefix)
         except ValueError as exc:

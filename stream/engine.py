@@ -8,7 +8,8 @@ wait. ``max_wait_s`` (default 0) lets a forming batch (more than one input queue
 wait that long for more: fewer, larger calls for some latency. Measured on 2 cores with
 bursts of windows (``bench e2e``), waiting 2 ms cost more latency than it saved CPU.
 The batch is stacked into a preallocated array, run through ``predictor.predict_valid``
-once (pre-compiled power-of-two buckets) and one encoded result per input is published.
+once (pre-compiled power-of-two buckets) and one encoded result per input is published,
+followed by any extra messages the encoder returned with it (:class:`stream.routes.Extra`).
 
 Before the queue, each id's :class:`DeviceSink` holds its token bucket
 (:mod:`stream.ratelimit`): an id that sends more than its share loses its own excess
@@ -24,18 +25,18 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from harstream.stream.metrics import FamilyMetrics
 from harstream.stream.ratelimit import RATE_LIMITED, DeviceBucket
-from harstream.stream.routes import Route
+from harstream.stream.routes import Extra, Route
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[str, bytes], None]
+Publish = Callable[[str, bytes, bool], None]  # topic, payload, retain
 
 
 class Ready(NamedTuple):
@@ -164,11 +165,17 @@ class InferenceWorker:
         m.inference_seconds.observe(time.perf_counter() - start)
         m.batch_size.observe(n)
         m.windows.inc(n)
-        encode, predictor = self.route.encode, self.route.predictor
+        encode, predictor, publish = self.route.encode, self.route.predictor, self._publish
         for item, row in zip(items, outputs, strict=True):
             latency = time.perf_counter() - item.received
-            payload = encode(item.device, item.info, row, predictor, latency * 1000.0)
-            self._publish(self._out_prefix + item.device + self._out_suffix, payload)
+            out = encode(item.device, item.info, row, predictor, latency * 1000.0)
+            extras: Sequence[Extra] = ()
+            if type(out) is not bytes:
+                out, extras = out
+            base = self._out_prefix + item.device
+            publish(base + self._out_suffix, out, False)
+            for extra in extras:
+                publish(f"{base}/{extra.suffix}", extra.payload, extra.retain)
             m.latency_seconds.observe(latency)
         m.predictions.inc(n)
 

@@ -28,7 +28,11 @@ Contract for the pieces (all run on the MQTT network thread except ``encode``):
   :class:`Restorable` (``snapshot`` / ``restore``).
 - ``predictor`` is a :class:`models.predictor.Predictor` (bucketed jit, pre-compiled).
 - ``encode(id, info, probs, predictor, latency_ms) -> bytes`` builds the output payload
-  from one row of the predictor's output; it runs on the inference worker thread.
+  from one row of the predictor's output; it runs on the inference worker thread, which
+  encodes one id's inputs in the order they were emitted (so per-id state reached through
+  ``info``, e.g. a filter over consecutive outputs, needs no lock). It may return
+  ``(payload, extras)`` instead: each :class:`Extra` is published too, on
+  ``<prefix>/<id>/<extra.suffix>`` (e.g. a retained state that changes now and then).
 
 A family adds a module ``stream/families/<family>.py`` (decode, buffer, then
 ``build(config, predictor=None) -> Route`` with its encoder) and its entry in the table of
@@ -38,9 +42,9 @@ same batching engine, metrics, error reporting and lifecycle.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -89,9 +93,23 @@ class Restorable(Protocol):
     def restore(self, state: Mapping[str, Any]) -> None: ...
 
 
+class Extra(NamedTuple):
+    """A message an encoder publishes besides its result, on ``<prefix>/<id>/<suffix>``.
+
+    A retained one is published at QoS 1 whatever ``--qos`` says: it is sent once per
+    change, and the broker keeps it for clients that subscribe later.
+    """
+
+    suffix: str
+    payload: bytes
+    retain: bool = False
+
+
 Decoder = Callable[[bytes, "str | None"], Any]
 BufferFactory = Callable[[str, Sink], Buffer]
-Encoder = Callable[[str, Any, np.ndarray, "Predictor", float], bytes]
+Encoder = Callable[
+    [str, Any, np.ndarray, "Predictor", float], "bytes | tuple[bytes, Sequence[Extra]]"
+]
 
 
 @dataclass(frozen=True)

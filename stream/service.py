@@ -497,9 +497,11 @@ class Service:
             payload = error_payload(device, kind, message, topic)
         self._publish(contract.errors_topic(self.prefix, reply), payload)
 
-    def _publish(self, topic: str, payload: bytes) -> None:
-        rc = self._client.publish(topic, payload, qos=self.config.qos).rc
-        if rc == mqtt.MQTT_ERR_SUCCESS or (rc == mqtt.MQTT_ERR_NO_CONN and self.config.qos):
+    def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        # a retained message goes once per change and is kept for late subscribers: QoS 1
+        qos = 1 if retain else self.config.qos
+        rc = self._client.publish(topic, payload, qos=qos, retain=retain).rc
+        if rc == mqtt.MQTT_ERR_SUCCESS or (rc == mqtt.MQTT_ERR_NO_CONN and qos):
             return  # sent, or queued for the reconnect
         self._publish_failures += 1
         self.metrics.publish_failures.inc()

@@ -82,3 +82,56 @@ def service_broker(host: str, port: int, version: str, prefix: str) -> BrokerCon
     return BrokerConfig(
         host=host, port=port, mqtt_version=version, client_id=f"serve-{prefix}", explicit=True
     )
+
+
+def offline_smoothing(preds: list[dict], restarts: tuple[int, ...] = ()) -> list[dict]:
+    """What the service's default smoothing must make of one device's predictions (in seq
+    order): the offline filter over their ``probs``, restarted before the predictions at
+    the indices ``restarts`` (after a gap). One dict per prediction: its ``activity`` and
+    ``confidence``, and ``state``, the change event it must cause (None without a change)."""
+    from harstream.models.har.smoothing import SmootherParams, SmoothingState
+
+    labels = list(preds[0]["probs"])
+    filt = SmoothingState(len(labels), SmootherParams())
+    out = []
+    for i, pred in enumerate(preds):
+        if i in restarts:
+            filt.reset()
+        previous = int(filt.label[0])
+        probs = [pred["probs"][name] for name in labels]
+        alpha = filt.update(probs, pred["window"]["end"])[0]
+        label = int(filt.label[0])
+        state = None
+        if filt.changed[0]:
+            state = {
+                "device": pred["device"],
+                "activity": labels[label],
+                "since": float(filt.since[0]),
+                "previous": labels[previous] if previous >= 0 else None,
+                "confidence": float(alpha[label]),
+                "model": pred["model"],
+            }
+        out.append({"activity": labels[label], "confidence": float(alpha[label]), "state": state})
+    return out
+
+
+def assert_smoothed(client: Client, device: str, restarts: tuple[int, ...] = ()) -> list[dict]:
+    """The device's predictions so far (wait for them first) carry the offline filter's
+    activity and confidence beside the window's own ``raw`` answer, and its ``state``
+    messages are exactly the filter's changes; returns the state messages."""
+    import pytest
+
+    preds = sorted(client.json_of(device), key=lambda p: p["seq"])
+    expected = offline_smoothing(preds, restarts)
+    for pred, want in zip(preds, expected, strict=True):
+        best = max(pred["probs"], key=pred["probs"].get)
+        assert pred["raw"] == {"activity": best, "confidence": pred["probs"][best]}
+        assert pred["activity"] == want["activity"], (device, pred["seq"])
+        assert pred["confidence"] == pytest.approx(want["confidence"], rel=1e-9)
+    states = client.json_of(device, "state")
+    wanted = [w["state"] for w in expected if w["state"]]
+    assert len(states) == len(wanted), (states, wanted)
+    for got, want in zip(states, wanted, strict=True):
+        assert got["confidence"] == pytest.approx(want.pop("confidence"), rel=1e-9)
+        assert {k: got[k] for k in want} == want and len(got) == len(want) + 1
+    return states

@@ -35,7 +35,10 @@ Everything is batched over devices: the state holds ``(n_devices, C)`` arrays an
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -179,3 +182,111 @@ class SmoothingState:
         broken = self.run_gap[rows, raw] > self.params.gap + 1
         self.run_start[rows, raw] = np.where(broken, t, self.run_start[rows, raw])
         self.run_gap[rows, raw] = 0
+
+
+class DeviceSmoother:
+    """One device's :class:`SmoothingState`, in plain Python floats: the service's step.
+
+    Same arithmetic in the same order, so the same answers up to rounding (NumPy's
+    vectorised power differs from libm's in the last bit; tested against the batched
+    class). The service filters one window of one device at a time, and with 6 classes
+    NumPy's per-call overhead is all the cost: ``SmoothingState.update`` took 39-62 us for one
+    row, this takes about 5 us (Python 3.11, 2 shared cores of the development machine).
+
+    ``segment`` numbers the caller's stretches of continuous data: a window from another
+    segment than the previous one starts afresh, as :meth:`SmoothingState.reset` after a gap.
+    After :meth:`update`, ``label``, ``changed`` and ``since`` are as in
+    :class:`SmoothingState` and ``previous`` is the label before the window (-1 after a reset).
+    """
+
+    __slots__ = (
+        "params",
+        "segment",
+        "alpha",
+        "run_start",
+        "run_gap",
+        "label",
+        "previous",
+        "changed",
+        "since",
+    )
+
+    def __init__(self, n_classes: int, params: SmootherParams) -> None:
+        if n_classes < 2:
+            raise ValueError(f"need n_classes >= 2, got {n_classes}")
+        self.params = params
+        self.segment = 0
+        self.alpha = [1.0 / n_classes] * n_classes
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the device's past (its segment stays)."""
+        n = len(self.alpha)
+        self.alpha = [1.0 / n] * n
+        self.run_start = [math.nan] * n
+        self.run_gap = [math.inf] * n
+        self.label = self.previous = -1
+        self.changed = False
+        self.since = math.nan
+
+    def update(self, probs: list[float], t: float, segment: int = 0) -> list[float]:
+        """Feed one window's posteriors (time ``t``, seconds); return the smoothed posteriors."""
+        if segment != self.segment:
+            self.reset()
+            self.segment = segment
+        p = self.params
+        n = len(self.alpha)
+        eps, beta = p.eps, p.beta
+        tempered = [(v if v > eps else eps) ** beta for v in probs]
+        total = 0.0  # sequential sums, as NumPy's for fewer than 8 values (not Python's sum)
+        for v in tempered:
+            total += v
+        q = (1.0 - p.p_stay) / (n - 1)
+        post = [
+            (p.p_stay * a + q * (1.0 - a)) * (v / total)
+            for a, v in zip(self.alpha, tempered, strict=True)
+        ]
+        total = 0.0
+        for v in post:
+            total += v
+        alpha = self.alpha = [v / total for v in post]
+        # the raw runs, as SmoothingState._track_runs; list.index(max(..)) is the first
+        # maximum, as NumPy's argmax
+        gaps = self.run_gap = [g + 1 for g in self.run_gap]
+        raw = probs.index(max(probs))
+        if gaps[raw] > p.gap + 1:
+            self.run_start[raw] = t
+        gaps[raw] = 0
+        new = alpha.index(max(alpha))
+        self.previous = self.label
+        self.changed = new != self.label
+        self.label = new
+        if self.changed:
+            start = self.run_start[new]
+            if math.isnan(start):
+                start = t
+            self.since = min(start - p.lead_s, t)
+        return alpha
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state as plain values and float64 arrays (for a planned restart)."""
+        return {
+            "segment": self.segment,
+            "alpha": np.array(self.alpha),
+            "run_start": np.array(self.run_start),
+            "run_gap": np.array(self.run_gap),
+            "label": self.label,
+            "since": np.array([self.since]),
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Take over a :meth:`snapshot`; ValueError if it has another number of classes."""
+        n = len(self.alpha)
+        arrays = [np.asarray(state[k], np.float64) for k in ("alpha", "run_start", "run_gap")]
+        if any(a.shape != (n,) for a in arrays) or not -1 <= int(state["label"]) < n:
+            raise ValueError(f"a saved smoother does not fit {n} classes")
+        self.alpha, self.run_start, self.run_gap = (a.tolist() for a in arrays)
+        self.segment = int(state["segment"])
+        self.label = self.previous = int(state["label"])
+        self.changed = False
+        self.since = float(np.asarray(state["since"], np.float64).reshape(-1)[0])

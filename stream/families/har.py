@@ -59,11 +59,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
+from harstream.models.har.smoothing import DeviceSmoother, SmootherParams
 from harstream.models.har.windows import RATE_HZ
 from harstream.stream.payloads import json_error, number
-from harstream.stream.routes import PayloadError, Route, Sink, load_family_predictor
+from harstream.stream.routes import Extra, PayloadError, Route, Sink, load_family_predictor
 
 FAMILY = "har"
+STATE_SUFFIX = "state"  # <prefix>/<id>/state: the retained smoothed activity, on every change
 
 # --- decode: accel payloads -> Samples ------------------------------------------------------------
 
@@ -297,6 +299,18 @@ def _decode_binary(payload: bytes) -> Samples:
 SNAP_TOLERANCE_S = 0.001
 
 
+class WindowInfo(NamedTuple):
+    """What the encoder learns about a window besides its data: its first and last sample
+    times, its number, the segment of continuous data it belongs to (one more after every
+    restart: a gap, a timed/untimed switch) and the device's smoother (None when off)."""
+
+    start: float
+    end: float
+    seq: int
+    segment: int
+    smoother: DeviceSmoother | None
+
+
 class WindowBuffer:
     """Cuts ``window``-sample windows every ``hop`` samples at ``rate_hz`` from one device."""
 
@@ -318,6 +332,8 @@ class WindowBuffer:
         "_k",
         "_bin",
         "_bin_n",
+        "_segment",
+        "_smoother",
     )
 
     def __init__(
@@ -329,6 +345,7 @@ class WindowBuffer:
         hop: int = 20,
         rate_hz: float = 20.0,
         max_gap_s: float = 1.0,
+        smoother: DeviceSmoother | None = None,
     ) -> None:
         if not 1 <= hop <= window:
             raise ValueError(f"hop must be between 1 and the window length {window}, got {hop}")
@@ -351,6 +368,8 @@ class WindowBuffer:
         self._k = 0
         self._bin: list[float] = []
         self._bin_n = 0
+        self._segment = 0
+        self._smoother = smoother
 
     def push(self, value: Samples, wall: float, mono: float) -> int:
         """Add one message's readings; returns how many were accepted."""
@@ -420,8 +439,10 @@ class WindowBuffer:
     def snapshot(self) -> dict[str, Any]:
         """Everything the next windows depend on: the partial window's rows and stamps, the
         grid anchor and index, the previous reading, the pending resampling bin, the timed
-        flag and the window counter. Arrays are copies; the rest is plain JSON values."""
+        flag, the window counter, the segment and the smoother's state. Arrays are copies;
+        the rest is plain JSON values."""
         n = self._n
+        smoother = self._smoother
         return {
             "layout": self.layout(),
             "rows": self._x[:n].copy(),
@@ -434,10 +455,15 @@ class WindowBuffer:
             "k": self._k,
             "bin": self._bin,
             "bin_n": self._bin_n,
+            "segment": self._segment,
+            "smoother": None if smoother is None else smoother.snapshot(),
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        """Take over a :meth:`snapshot`; ValueError if it was cut for another layout."""
+        """Take over a :meth:`snapshot`; ValueError if it was cut for another layout.
+
+        A snapshot without smoother state (saved with smoothing off, or before the service
+        smoothed) leaves this buffer's smoother fresh, as after a gap."""
         saved, mine = dict(state["layout"]), self.layout()
         if saved != mine:
             raise ValueError(f"the saved window layout {saved} differs from this one {mine}")
@@ -446,6 +472,9 @@ class WindowBuffer:
         n = len(rows)
         if rows.shape != (n, mine["axes"]) or stamps.shape != (n,) or n >= self._window:
             raise ValueError(f"a saved partial window of shape {rows.shape} does not fit")
+        smoothed = state.get("smoother")
+        if self._smoother is not None and smoothed is not None:
+            self._smoother.restore(smoothed)
         prev, timed = state["prev"], state["timed"]
         self._x[:n] = rows
         self._stamps[:n] = stamps
@@ -458,6 +487,7 @@ class WindowBuffer:
         self._k = int(state["k"])
         self._bin = [float(v) for v in state["bin"]]
         self._bin_n = int(state["bin_n"])
+        self._segment = int(state.get("segment", 0))
 
     def _on_grid(self, times: np.ndarray) -> bool:
         """Whether every reading falls on the next grid points, nothing pending in between:
@@ -477,6 +507,9 @@ class WindowBuffer:
         return bool(np.abs(times - grid).max() <= SNAP_TOLERANCE_S)
 
     def _restart(self) -> None:
+        # The next window starts a new segment: the inference worker, which alone touches
+        # the smoother, resets it when it sees the new number (no lock between the threads).
+        self._segment += 1
         if self._n:
             self._sink.drop("gap", self._n)
         self._n = 0
@@ -567,7 +600,8 @@ class WindowBuffer:
         """Hand the full window to the sink, then keep its last ``window - hop`` rows."""
         n = self._n
         self._seq += 1
-        info = (float(self._stamps[0]), float(self._stamps[n - 1]), self._seq)
+        start, end = float(self._stamps[0]), float(self._stamps[n - 1])
+        info = WindowInfo(start, end, self._seq, self._segment, self._smoother)
         self._sink.emit(self._x.copy(), info, mono)
         keep = n - self._hop
         self._x[:keep] = self._x[self._hop :]
@@ -575,7 +609,7 @@ class WindowBuffer:
         self._n = keep
 
 
-# --- encode: the route and its activity payload ---------------------------------------------------
+# --- encode: the route, its activity payload and the change events ------------------------------
 
 
 def build(config: Any, predictor: Any = None) -> Route:
@@ -589,6 +623,9 @@ def build(config: Any, predictor: Any = None) -> Route:
     rate_hz = float(predictor.meta.get("rate_hz", 20.0))
     labels = list(predictor.labels)
     tag = predictor.tag
+    params = None
+    if config.smoothing == "hmm":
+        params = SmootherParams(p_stay=config.smoothing_stay, beta=config.smoothing_beta)
 
     def new_buffer(device: str, sink: Sink) -> WindowBuffer:
         return WindowBuffer(
@@ -598,24 +635,40 @@ def build(config: Any, predictor: Any = None) -> Route:
             hop=config.hop,
             rate_hz=rate_hz,
             max_gap_s=config.max_gap,
+            smoother=None if params is None else DeviceSmoother(len(labels), params),
         )
 
-    def encode(device: str, info: Any, probs: np.ndarray, _p: Any, latency_ms: float) -> bytes:
-        start, end, seq = info
+    def encode(
+        device: str, info: WindowInfo, probs: np.ndarray, _p: Any, latency_ms: float
+    ) -> bytes | tuple[bytes, list[Extra]]:
         values = probs.tolist()
         best = int(probs.argmax())
-        return orjson.dumps(
-            {
-                "device": device,
-                "activity": labels[best],
-                "confidence": values[best],
-                "probs": dict(zip(labels, values, strict=True)),
-                "window": {"start": start, "end": end, "samples": window},
-                "model": tag,
-                "seq": seq,
-                "latency_ms": round(latency_ms, 3),
-            }
-        )
+        smoother = info.smoother
+        doc = {"device": device, "activity": labels[best], "confidence": values[best]}
+        if smoother is not None:
+            # on the inference worker, which takes one device's windows in order
+            smoothed = smoother.update(values, info.end, info.segment)
+            label = smoother.label
+            doc["activity"], doc["confidence"] = labels[label], smoothed[label]
+            doc["raw"] = {"activity": labels[best], "confidence": values[best]}
+        doc["probs"] = dict(zip(labels, values, strict=True))
+        doc["window"] = {"start": info.start, "end": info.end, "samples": window}
+        doc["model"] = tag
+        doc["seq"] = info.seq
+        doc["latency_ms"] = round(latency_ms, 3)
+        payload = orjson.dumps(doc)
+        if smoother is None or not smoother.changed:
+            return payload
+        previous = smoother.previous
+        change = {
+            "device": device,
+            "activity": doc["activity"],
+            "since": smoother.since,
+            "previous": labels[previous] if previous >= 0 else None,
+            "confidence": doc["confidence"],
+            "model": tag,
+        }
+        return payload, [Extra(STATE_SUFFIX, orjson.dumps(change), retain=True)]
 
     # a real device makes a window every hop samples at the model's rate, however fast it samples
     real_rate = rate_hz / config.hop

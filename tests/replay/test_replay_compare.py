@@ -16,7 +16,8 @@ def _chunk(device: str, t: np.ndarray, labels: list[str] | None) -> Chunk:
 
 
 def _prediction(device: str, start: float, end: float, activity: str, raw: object = None) -> bytes:
-    msg = {
+    """A prediction; ``raw`` a window's own activity (str) or the ``raw`` value as is."""
+    doc = {
         "device": device,
         "activity": activity,
         "confidence": 0.9,
@@ -26,8 +27,8 @@ def _prediction(device: str, start: float, end: float, activity: str, raw: objec
         "latency_ms": 2.0,
     }
     if raw is not None:
-        msg["raw"] = raw
-    return orjson.dumps(msg)
+        doc["raw"] = {"activity": raw, "confidence": 0.5} if isinstance(raw, str) else raw
+    return orjson.dumps(doc)
 
 
 def test_window_label_is_the_majority_of_its_samples_and_latency_is_measured() -> None:
@@ -108,10 +109,23 @@ def test_raw_accuracy_is_of_the_windows_own_answer_and_defaults_to_the_published
     board.on_prediction(_prediction("d", t[0], t[79], "walking", raw=flicker))  # smoothed right
     board.on_prediction(_prediction("d", t[20], t[99], "walking", raw={"activity": "walking"}))
     board.on_prediction(_prediction("old", t[40], t[119], "sitting"))  # no raw: raw = activity
-    board.on_prediction(_prediction("d", t[60], t[139], "walking", raw="sitting"))  # malformed
+    board.on_prediction(_prediction("d", t[60], t[139], "walking", raw=["sitting"]))  # malformed
     report = board.report(windows_expected=4)
     assert report["bad_predictions"] == 1 and report["windows_scored"] == 3
     assert report["accuracy"] == pytest.approx(2 / 3)
     assert report["raw_accuracy"] == pytest.approx(1 / 3)
     assert "of each window's own (raw) answer 0.3333" in format_report(report)
     assert Scoreboard(TruthLog()).report(windows_expected=0)["raw_accuracy"] is None
+
+
+def test_the_scoreboard_counts_the_flips_smoothing_removed() -> None:
+    truth = TruthLog()
+    t = np.arange(200) / 20
+    truth.record(_chunk("d", t, None), sent_at=0.0)
+    board = Scoreboard(truth, {"d"})
+    raw = ["walking", "sitting", "walking", "walking", "sitting", "sitting"]
+    shown = ["walking", "walking", "walking", "walking", "walking", "sitting"]
+    for k, (r, a) in enumerate(zip(raw, shown, strict=True)):
+        board.on_prediction(_prediction("d", t[20 * k], t[20 * k + 79], a, raw=r))
+    assert (board.raw_flips, board.flips) == (3, 1)
+    assert board.latest_copy()["d"].raw == "sitting"

@@ -264,21 +264,29 @@ def test_devices_reach_only_their_own_topics(secure_bus, har_predictor):
     service = start_service(service_config(secure_bus, "serve-secure"), har_predictor)
     a, b = secure_bus.device("dev-a"), secure_bus.device("dev-b")
     try:
-        # dev-a tries to fake its own result, to feed dev-b's window and to end the service
+        # dev-a tries to fake its own result and state, to feed dev-b's window and to end
+        # the service
         a.client.publish("har/dev-a/activity", b'{"activity": "fake"}', qos=1)
+        a.client.publish("har/dev-a/state", b'{"activity": "fake"}', qos=1, retain=True)
         a.client.publish("har/dev-b/accel", window(T0, 80), qos=1)
         a.client.publish("har/service/status", b'{"status": "offline"}', qos=1, retain=True)
         a.client.publish("har/dev-a/accel", window(T0, 80), qos=1)
         b.client.publish("har/dev-b/accel", window(T0 + 100, 80), qos=1)
         (pred_a,) = a.wait_for("dev-a", 1)
         (pred_b,) = b.wait_for("dev-b", 1)
+        (state_a,) = a.wait_for("dev-a", 1, "state")  # the first answer is a change
+        b.wait_for("dev-b", 1, "state")
         a.settle()
         assert pred_a["seq"] == 1 and "probs" in pred_a, "dev-a saw a fake result"
+        assert state_a["activity"] == pred_a["activity"] and len(a.json_of("dev-a", "state")) == 1
         assert len(a.json_of("dev-a")) == 1
         assert pred_b["window"]["start"] == T0 + 100, "dev-a's readings reached dev-b's window"
         assert len(b.json_of("dev-b")) == 1
         assert service.metrics.value("harstream_samples_total", family="har") == 160
-        assert not a.json_of("dev-b") and not b.json_of("dev-a"), "a device read another's result"
+        for suffix in ("activity", "state"):
+            assert not a.json_of("dev-b", suffix) and not b.json_of("dev-a", suffix), (
+                f"a device read another's {suffix}"
+            )
         # every user reads the retained status, which no device can overwrite
         late = secure_bus.device("dev-b")
         assert late.wait_for("service", 1, "status")[-1]["status"] == "online"

@@ -8,7 +8,7 @@ import numpy as np
 
 from harstream.stream.engine import DeviceSink, InferenceWorker
 from harstream.stream.metrics import ServiceMetrics
-from harstream.stream.routes import Route
+from harstream.stream.routes import Extra, Route
 
 
 class CountingPredictor:
@@ -27,8 +27,20 @@ class CountingPredictor:
         return x.sum(axis=(1, 2))[:, None]
 
 
-def make_worker(queue_size: int = 64, max_wait_s: float = 0.002):
+def _encode(device, info, out, p, latency) -> bytes:
+    return f"{device}:{info}:{out[0]:g}".encode()
+
+
+def make_worker(queue_size: int = 64, max_wait_s: float = 0.002, encode=_encode, retained=None):
+    """A worker whose publishes land in ``published`` (and the retained ones also in
+    ``retained``, when given)."""
     published: list[tuple[str, bytes]] = []
+
+    def publish(topic: str, payload: bytes, retain: bool) -> None:
+        published.append((topic, payload))
+        if retain and retained is not None:
+            retained.append(topic)
+
     predictor = CountingPredictor()
     route = Route(
         family="sum",
@@ -37,13 +49,13 @@ def make_worker(queue_size: int = 64, max_wait_s: float = 0.002):
         decode=lambda payload, content_type: payload,
         new_buffer=lambda device, sink: None,
         predictor=predictor,
-        encode=lambda device, info, out, p, latency: f"{device}:{info}:{out[0]:g}".encode(),
+        encode=encode,
     )
     metrics = ServiceMetrics()
     fm = metrics.family("sum")
     worker = InferenceWorker(
         route,
-        lambda t, p: published.append((t, p)),
+        publish,
         fm,
         prefix="pre",
         queue_size=queue_size,
@@ -62,6 +74,31 @@ def test_queued_inputs_from_many_ids_run_as_one_batch_and_are_published():
     assert published == [(f"pre/d{i}/out", f"d{i}:{i}:{12 * i}".encode()) for i in range(5)]
     assert metrics.value("harstream_predictions_total", family="sum") == 5
     assert metrics.value("harstream_inference_batch_size_sum", family="sum") == 5
+
+
+def test_an_encoder_may_add_extra_messages_published_after_its_result():
+    def encode(device, info, out, p, latency):
+        main = _encode(device, info, out, p, latency)
+        if info % 2:
+            return main
+        return main, [Extra("state", b"even", retain=True), Extra("note", b"n")]
+
+    retained: list[str] = []
+    worker, _, published, _, fm = make_worker(encode=encode, retained=retained)
+    for i in range(3):
+        DeviceSink("d", worker, fm).emit(np.zeros((4, 3), np.float32), i, 0.0)
+    worker.start()
+    worker.stop()
+    assert published == [
+        ("pre/d/out", b"d:0:0"),
+        ("pre/d/state", b"even"),
+        ("pre/d/note", b"n"),
+        ("pre/d/out", b"d:1:0"),
+        ("pre/d/out", b"d:2:0"),
+        ("pre/d/state", b"even"),
+        ("pre/d/note", b"n"),
+    ]
+    assert retained == ["pre/d/state", "pre/d/state"]
 
 
 def test_batches_are_capped_at_max_batch():

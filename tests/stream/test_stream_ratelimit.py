@@ -122,7 +122,7 @@ def test_the_sink_drops_excess_before_the_queue_and_counts_it():
     metrics = ServiceMetrics()
     fm = metrics.family("har")
     route = Route("har", "in", "out", lambda p, c: p, lambda d, s: None, _Predictor(), None)
-    worker = InferenceWorker(route, lambda t, p: None, fm, prefix="p", queue_size=1000)
+    worker = InferenceWorker(route, lambda t, p, r: None, fm, prefix="p", queue_size=1000)
     limit, notices = make_limit(real_rate=1.0, margin=2.0, burst_s=4.0)
     sink = DeviceSink("flood", worker, fm, limit.bucket("flood"))
     for t in (0.0, 3.0):  # 10 inputs at once, twice, 3 s apart

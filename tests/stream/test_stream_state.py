@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 
+from harstream.models.har.smoothing import DeviceSmoother, SmootherParams
 from harstream.stream import state
 from harstream.stream.families.har import Samples, WindowBuffer
 from harstream.stream.families.series import LastValues
@@ -177,3 +178,41 @@ def test_a_bad_file_is_discarded_with_a_reason(tmp_path, caplog, data):
     with caplog.at_level(logging.WARNING, logger="harstream.stream.state"):
         assert state.load(path, max_age_s=300, client_id="c", prefix="p") is None
     assert "event=state_discarded" in caplog.text and not path.exists()
+
+
+def _smoothed_buffer(sink: Sink) -> WindowBuffer:
+    return WindowBuffer(sink, hop=20, smoother=DeviceSmoother(4, SmootherParams()))
+
+
+def test_the_smoother_and_segment_travel_with_the_buffer(tmp_path):
+    buf = _smoothed_buffer(Sink())
+    buf.push(Samples(np.ones((30, 3)), T0 + np.arange(30) / 20, 20.0), 0.0, 0.0)
+    buf.push(Samples(np.ones((90, 3)), T0 + 60 + np.arange(90) / 20, 20.0), 0.0, 0.0)  # a gap
+    smoother = buf._smoother
+    for i, p in enumerate(([0.1, 0.6, 0.2, 0.1], [0.2, 0.5, 0.2, 0.1])):
+        smoother.update(p, T0 + i, 1)
+    sink = Sink()
+    restored = _smoothed_buffer(sink)
+    restored.restore(_round_trip(buf.snapshot(), tmp_path))
+    again = restored._smoother
+    assert (again.alpha, again.label, again.since, again.segment) == (
+        smoother.alpha,
+        smoother.label,
+        smoother.since,
+        1,
+    )
+    restored.push(Samples(np.ones((10, 3)), T0 + 64.5 + np.arange(10) / 20, 20.0), 0.0, 0.0)
+    (_x, info), *_ = sink.windows
+    assert (info.segment, info.smoother) == (1, again), "the window is of the saved segment"
+
+
+def test_a_snapshot_without_smoother_state_restores_with_a_fresh_one(tmp_path):
+    """Buffers saved with smoothing off (or by a service that did not smooth) restore."""
+    plain = WindowBuffer(Sink(), hop=20)
+    plain.push(Samples(np.ones((30, 3)), T0 + np.arange(30) / 20, 20.0), 0.0, 0.0)
+    snapshot = plain.snapshot()
+    del snapshot["smoother"], snapshot["segment"]
+    buf = _smoothed_buffer(Sink())
+    buf.restore(_round_trip(snapshot, tmp_path))
+    assert buf.snapshot()["rows"].shape == (30, 3)
+    assert buf._smoother.label == -1 and buf._smoother.alpha == [0.25] * 4

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from harstream.models.har.smoothing import (
+    DeviceSmoother,
     SmootherParams,
     SmoothingState,
     filter_sequence,
@@ -167,3 +168,47 @@ def test_since_restarts_after_a_long_absence() -> None:
 def test_bad_settings_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         SmootherParams(**kwargs)
+
+
+def test_the_one_device_smoother_gives_the_batched_filter_s_answers() -> None:
+    rng = np.random.default_rng(4)
+    probs = random_probs(rng, (300,)).astype(np.float32)  # what a model returns
+    batched, one = SmoothingState(C, PARAMS), DeviceSmoother(C, PARAMS)
+    changes = 0
+    for i, p in enumerate(probs):
+        segment = i // 100  # two restarts, as after gaps in the data
+        if segment != one.segment:
+            batched.reset()
+        previous = int(batched.label[0])
+        expected = batched.update(p, 10.0 + i)[0]
+        got = one.update(p.tolist(), 10.0 + i, segment)
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+        assert (one.label, one.changed, one.previous) == (
+            batched.label[0],
+            batched.changed[0],
+            previous,
+        )
+        if one.changed:
+            changes += 1
+            assert one.since == batched.since[0]
+    assert changes >= 10
+
+
+def test_a_restored_device_smoother_goes_on_as_the_saved_one() -> None:
+    rng = np.random.default_rng(5)
+    probs = random_probs(rng, (40,)).tolist()
+    whole, first = DeviceSmoother(C, PARAMS), DeviceSmoother(C, PARAMS)
+    for i, p in enumerate(probs[:25]):
+        whole.update(p, float(i), 3)
+        first.update(p, float(i), 3)
+    second = DeviceSmoother(C, PARAMS)
+    second.restore(first.snapshot())
+    for i, p in enumerate(probs[25:], 25):
+        assert second.update(p, float(i), 3) == whole.update(p, float(i), 3)
+        assert (second.label, second.changed, second.since) == (
+            whole.label,
+            whole.changed,
+            whole.since,
+        )
+    with pytest.raises(ValueError, match="5 classes"):
+        DeviceSmoother(5, PARAMS).restore(first.snapshot())

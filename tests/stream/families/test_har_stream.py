@@ -104,7 +104,7 @@ def test_hop(hop, expected):
     for i in range(160):
         buf.push(Samples([[float(i), 0.0, 0.0]], None, 20.0), wall=T0 + i, mono=0.0)
     assert len(sink.windows) == expected
-    x, (start, end, seq) = sink.windows[1]
+    x, (start, end, seq, *_) = sink.windows[1]
     assert x[0, 0] == hop and x[-1, 0] == hop + 79 and seq == 2
     assert (start, end) == (T0 + hop, T0 + hop + 79)  # untimed: receive times
 
@@ -121,7 +121,7 @@ def test_exact_20hz_timestamps_pass_through_unchanged():
     sink = Sink()
     times = [T0 + i * 0.05 for i in range(80)]
     WindowBuffer(sink).push(timed(range(80), times), 0.0, 0.0)
-    ((x, (start, end, _)),) = sink.windows
+    ((x, (start, end, *_)),) = sink.windows
     assert start == times[0] and end == times[-1]
     np.testing.assert_array_equal(x[:, 0], np.arange(80))
 
@@ -156,7 +156,7 @@ def test_other_rates_are_resampled_to_20hz(rate):
     n = int(4.2 * rate)
     times = T0 + np.arange(n) / rate
     WindowBuffer(sink).push(timed(times - T0, times, rate), 0.0, 0.0)  # value = seconds
-    x, (start, end, _) = sink.windows[0]
+    x, (start, end, *_) = sink.windows[0]
     grid = np.arange(80) / 20
     # interpolated points are exact; interval means lag the grid by less than one interval
     assert x[0, 0] == 0 and np.all(x[1:, 0] <= grid[1:] + 1e-6)
@@ -177,7 +177,7 @@ def test_untimed_batch_at_another_rate_is_resampled():
     sink = Sink()
     vals = np.arange(250) / 50
     WindowBuffer(sink).push(Samples([[v, 0, 0] for v in vals], None, 50.0), 5.0, 0.0)
-    x, (start, end, _) = sink.windows[0]
+    x, (start, end, *_) = sink.windows[0]
     assert x[0, 0] == 0 and np.all(np.abs(x[1:, 0] - np.arange(1, 80) / 20) < 0.05)
     assert start == end == 5.0
 
@@ -192,8 +192,9 @@ def test_gap_restarts_and_drops_are_counted():
     later = T0 + 60 + np.arange(80) / 20
     buf.push(timed(range(80), later), 0.0, 0.0)
     assert sink.drops["gap"] == 30
-    ((_, (start, _, seq)),) = sink.windows
+    ((_, (start, _, seq, segment, _)),) = sink.windows
     assert start == later[0] and seq == 1
+    assert segment == 1, "a window after a gap belongs to a new segment (a fresh smoother)"
 
 
 def test_switching_between_timed_and_untimed_starts_over():
