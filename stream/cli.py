@@ -38,8 +38,11 @@ DESCRIPTION = """\
 Serve activity recognition (and the text and series families) over MQTT.
 
 Devices publish accelerometer readings to <prefix>/<id>/accel (JSON or the binary form);
-the service answers each 80-sample window on <prefix>/<id>/activity, reports bad input on
-<prefix>/<id>/errors and keeps a retained online/offline status on <prefix>/service/status.
+the service answers each 80-sample window on <prefix>/<id>/activity (the activity smoothed
+over the device's recent windows, and the window's own answer as raw; --smoothing off for
+the window's own only), keeps the device's current activity retained on
+<prefix>/<id>/state, reports bad input on <prefix>/<id>/errors and keeps a retained
+online/offline status on <prefix>/service/status.
 Settings come from flags, then HARSTREAM_* environment variables, then the TOML file of
 --config (keys named like the flags: max_batch = 64), then the defaults shown.
 Without --broker it uses 127.0.0.1:1883 and starts an embedded broker there when nothing
