@@ -131,13 +131,16 @@ def test_bad_labels_are_reported_and_change_nothing(serve, device, windows):
     for error, (_, rule) in zip(errors, BAD_LABELS, strict=True):
         assert error["error"] == "bad_label" and rule in error["message"], error
         assert error["topic"].endswith("/wrist-c/label")
+    label(device, "wrist-new", {"activity": "sitting", "seconds": 20})
+    (error,) = device.wait_for("wrist-new", 1, "errors")
+    assert error["error"] == "bad_label" and "no readings" in error["message"]
     send(device, "wrist-c", walking, len(sitting))
     preds = device.wait_for("wrist-c", len(sitting) + len(walking))
     device.settle()
     assert not any(p["calibrated"] for p in preds)
     assert not device.json_of("wrist-c", "calibration")
     counted = service.metrics.value("harstream_errors_total", family="har", kind="bad_label")
-    assert counted == len(BAD_LABELS)
+    assert counted == len(BAD_LABELS) + 1
 
 
 def test_reset_clears_the_calibration(serve, device, windows):
