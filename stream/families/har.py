@@ -2,7 +2,9 @@
 
 Read top-down in the order a message flows: decode (accel payloads into :class:`Samples`),
 buffer (:class:`WindowBuffer`: one device's readings into model windows), encode
-(:func:`build`: the route, with the activity payload it publishes).
+(:func:`build`: the route, with the activity payload it publishes). A device's labels on
+``<prefix>/<id>/label``, which calibrate its classification, are the route's second input
+topic (:mod:`harstream.stream.families.har_labels`).
 
 Decode. Accepted accel payloads on ``<prefix>/<id>/accel`` (see docs/contract.md):
 
