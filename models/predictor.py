@@ -18,7 +18,8 @@ from typing import Any
 import jax
 import numpy as np
 
-Forward = Callable[[Any, jax.Array], jax.Array]
+# one output array, or a tuple of them (e.g. HAR: probabilities and embeddings)
+Forward = Callable[[Any, jax.Array], Any]
 
 
 class InputError(ValueError):
@@ -150,13 +151,24 @@ class Predictor:
         return self.predict_valid(arr)
 
     def predict_valid(self, arr: np.ndarray) -> np.ndarray:
-        """``predict`` without validation, for callers that validated already (the service)."""
-        outs, start = [], 0
+        """``predict`` without validation, for callers that validated already: the first
+        output of a forward that returns several."""
+        return self.predict_outputs(arr)[0]
+
+    def predict_outputs(self, arr: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Every output of the forward for a validated batch, as a tuple (one element for a
+        forward with a single output): what the service's one batched call yields."""
+        outs: list[list[np.ndarray]] = []
+        start = 0
         for n, b in call_plan(arr.shape[0], self.buckets):
             chunk = arr[start : start + n]
             start += n
             if b != n:
                 pad = np.zeros((b - n, *self.item_shape), self.dtype)
                 chunk = np.concatenate([chunk, pad])
-            outs.append(np.asarray(self._forward(self.params, chunk))[:n])
-        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+            out = self._forward(self.params, chunk)
+            parts = out if isinstance(out, tuple) else (out,)
+            outs.append([np.asarray(p)[:n] for p in parts])
+        if len(outs) == 1:
+            return tuple(outs[0])
+        return tuple(np.concatenate(column) for column in zip(*outs, strict=True))

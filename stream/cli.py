@@ -16,6 +16,7 @@ from harstream.stream.config import (
     ConfigError,
     ServeConfig,
     add_options,
+    default_calibration_store,
     default_state_file,
     load_toml,
     model_paths,
@@ -94,11 +95,15 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
     state_file = values.pop("state_file")
     if state_file is None:
         state_file = default_state_file(broker.client_id, env)
+    store = values.pop("calibration_store")
+    if store is None:
+        store = default_calibration_store(env)
     models = model_paths(values)
     return ServeConfig(
         broker=broker,
         models=models,
         state_file=Path(state_file) if state_file else None,
+        calibration_store=Path(store) if store else None,
         **values,
     )
 

@@ -93,6 +93,13 @@ def default_state_file(client_id: str, env: Mapping[str, str] | None = None) -> 
     return base / "harstream" / f"{safe}.state"
 
 
+def default_calibration_store(env: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_STATE_HOME/harstream/calibrations.sqlite``, beside the state files: one store
+    for every service of the user, since a calibration belongs to a device and a model,
+    not to an MQTT session."""
+    return default_state_file("calibrations", env).with_suffix(".sqlite")
+
+
 def add_options(parser: argparse._ActionsContainer, options: Sequence[Option]) -> None:
     """Add one flag per option; the help shows the default and the environment variable."""
     for opt in options:
@@ -304,6 +311,15 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "PATH",
     ),
     Option(
+        "calibration_store",
+        "str",
+        None,
+        "the SQLite file that keeps each device's HAR calibration (from its labels) across "
+        "restarts (default: $XDG_STATE_HOME/harstream/calibrations.sqlite, else "
+        "~/.local/state/harstream/calibrations.sqlite; '' keeps calibrations in memory only)",
+        "PATH",
+    ),
+    Option(
         "state_max_age",
         "float",
         300.0,
@@ -335,7 +351,8 @@ class ServeConfig:
 
     ``broker`` is a :class:`stream.connection.BrokerConfig`; None means the local default.
     ``state_file`` None saves no state (in-process services, tests); ``harstream serve``
-    fills in the per-user default path unless it is given as ''.
+    fills in the per-user default path unless it is given as ''. The same goes for
+    ``calibration_store`` (None: calibrations live in memory only).
     """
 
     broker: Any = None
@@ -366,6 +383,7 @@ class ServeConfig:
     slow_handler_ms: float = _default("slow_handler_ms")
     stop_timeout: float = _default("stop_timeout")
     state_file: Path | None = _default("state_file")
+    calibration_store: Path | None = _default("calibration_store")
     state_max_age: float = _default("state_max_age")
     log_json: bool = _default("log_json")
 

@@ -7,7 +7,7 @@ in the queue, so batches grow by themselves as load rises and a quiet service ad
 wait. ``max_wait_s`` (default 0) lets a forming batch (more than one input queued) also
 wait that long for more: fewer, larger calls for some latency. Measured on 2 cores with
 bursts of windows (``bench e2e``), waiting 2 ms cost more latency than it saved CPU.
-The batch is stacked into a preallocated array, run through ``predictor.predict_valid``
+The batch is stacked into a preallocated array, run through ``predictor.predict_outputs``
 once (pre-compiled power-of-two buckets) and one encoded result per input is published,
 followed by any extra messages the encoder returned with it (:class:`stream.routes.Extra`).
 
@@ -161,12 +161,14 @@ class InferenceWorker:
             batch[i] = item.x
         m = self._metrics
         start = time.perf_counter()
-        outputs = self.route.predictor.predict_valid(batch[:n])
+        outputs = self.route.predictor.predict_outputs(batch[:n])
         m.inference_seconds.observe(time.perf_counter() - start)
         m.batch_size.observe(n)
         m.windows.inc(n)
         encode, predictor, publish = self.route.encode, self.route.predictor, self._publish
-        for item, row in zip(items, outputs, strict=True):
+        # one row per input: of the single output, or a tuple of rows of every output
+        rows = outputs[0] if len(outputs) == 1 else zip(*outputs, strict=True)
+        for item, row in zip(items, rows, strict=True):
             latency = time.perf_counter() - item.received
             out = encode(item.device, item.info, row, predictor, latency * 1000.0)
             extras: Sequence[Extra] = ()

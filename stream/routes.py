@@ -28,9 +28,11 @@ Contract for the pieces (all run on the MQTT network thread except ``encode``):
   :class:`Restorable` (``snapshot`` / ``restore``).
 - ``predictor`` is a :class:`models.predictor.Predictor` (bucketed jit, pre-compiled).
 - ``encode(id, info, probs, predictor, latency_ms) -> bytes`` builds the output payload
-  from one row of the predictor's output; it runs on the inference worker thread, which
-  encodes one id's inputs in the order they were emitted (so per-id state reached through
-  ``info``, e.g. a filter over consecutive outputs, needs no lock). It may return
+  from one row of the predictor's output (a tuple of rows, one per output, when the
+  predictor's forward returns several, as HAR's returns probabilities and embeddings);
+  it runs on the inference worker thread, which encodes one id's inputs in the order
+  they were emitted (so per-id state reached through ``info``, e.g. a filter over
+  consecutive outputs, needs no lock). It may return
   ``(payload, extras)`` instead: each :class:`Extra` is published too, on
   ``<prefix>/<id>/<extra.suffix>`` (e.g. a retained state that changes now and then).
 
@@ -43,7 +45,7 @@ same batching engine, metrics, error reporting and lifecycle.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
@@ -106,6 +108,18 @@ class Extra(NamedTuple):
 
 
 Decoder = Callable[[bytes, "str | None"], Any]
+
+
+class Control(NamedTuple):
+    """A second input topic of a family that steers an id's buffer instead of feeding it
+    (HAR's labels on ``<prefix>/<id>/label``): ``decode(payload, content_type) -> value``,
+    then ``apply(buffer, value, wall)`` on the id's buffer, both on the MQTT thread, both
+    raising :class:`PayloadError` for bad input (reported like the input topic's errors)."""
+
+    decode: Decoder
+    apply: Callable[[Any, Any, float], None]
+
+
 BufferFactory = Callable[[str, Sink], Buffer]
 Encoder = Callable[
     [str, Any, np.ndarray, "Predictor", float], "bytes | tuple[bytes, Sequence[Extra]]"
@@ -121,6 +135,8 @@ class Route:
     rate limit (``--device-rate-margin``) is a multiple of it. The default, one input per
     second, is that of the families with one input per message (text, series: a person or a
     meter sending a message a second); HAR sets ``rate_hz / hop`` windows per second.
+    ``controls`` are the family's other input topics (``<prefix>/+/<suffix>`` each, by
+    suffix), which act on the same per-id buffers (:class:`Control`).
     """
 
     family: str
@@ -131,6 +147,7 @@ class Route:
     predictor: Predictor
     encode: Encoder
     real_rate: float = 1.0
+    controls: Mapping[str, Control] = field(default_factory=dict)  # by topic suffix
 
 
 def load_family_predictor(family: str, path: Any, max_batch: int) -> Predictor:

@@ -45,7 +45,7 @@ from harstream.stream.engine import DeviceSink, InferenceWorker
 from harstream.stream.metrics import FamilyMetrics, ServiceMetrics
 from harstream.stream.payloads import error_payload
 from harstream.stream.ratelimit import RATE_LIMITED, RATE_LIMITED_MESSAGES, RateLimit
-from harstream.stream.routes import PayloadError, Restorable, Route, RouteUnavailable
+from harstream.stream.routes import Control, PayloadError, Restorable, Route, RouteUnavailable
 from harstream.stream.watchdog import HandlerWatch, LogLimiter
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ class Service:
         self._routes = routes
         self._predictors = predictors
         self._served: dict[str, _Served] = {}
+        self._controls: dict[str, tuple[_Served, Control]] = {}  # by suffix
         self._client: Any = None
         self._closing = False
         self._handling = threading.Lock()
@@ -171,8 +172,9 @@ class Service:
                     cfg.url,
                 )
         for route in routes:
-            if route.suffix in (r.route.suffix for r in self._served.values()):
-                raise ConfigError(f"two routes use the topic suffix {route.suffix!r}")
+            for suffix in (route.suffix, *route.controls):
+                if suffix in self._served or suffix in self._controls:
+                    raise ConfigError(f"two routes use the topic suffix {suffix!r}")
             fm = self.metrics.family(route.family)
             worker = InferenceWorker(
                 route,
@@ -189,7 +191,9 @@ class Service:
                 ttl_s=self.config.idle_ttl,
                 on_evict=self._evict_hook(fm, limit),
             )
-            self._served[route.suffix] = _Served(route, worker, table, fm, limit)
+            served = self._served[route.suffix] = _Served(route, worker, table, fm, limit)
+            for suffix, control in route.controls.items():
+                self._controls[suffix] = (served, control)
             worker.start()
         self._restore_state()
         self._client = make_client(
@@ -349,7 +353,8 @@ class Service:
                 cfg.client_id,
             )
         self._connected_before = True
-        topics = [(contract.subscription(self.prefix, suffix), 1) for suffix in self._served]
+        suffixes = [*self._served, *self._controls]
+        topics = [(contract.subscription(self.prefix, suffix), 1) for suffix in suffixes]
         _rc, mid = client.subscribe(topics)
         self._pending_sub.add(mid)
         _rc, self._sys_mid = client.subscribe(BROKER_DROPPED_TOPIC, 0)
@@ -396,8 +401,11 @@ class Service:
             return
         device, _, suffix = topic[len(self._prefix_slash) :].partition("/")
         served = self._served.get(suffix)
+        control = None
         if served is None:
-            return
+            if suffix not in self._controls:
+                return
+            served, control = self._controls[suffix]
         fm = served.metrics
         fm.messages.inc()
         if msg.retain:  # a stale reading kept by the broker, not a live one
@@ -425,8 +433,13 @@ class Service:
         props = msg.properties
         content_type = getattr(props, "ContentType", None) if props is not None else None
         try:
-            value = served.route.decode(payload, content_type)
-            count = served.table.get(device, mono).push(value, time.time(), mono)
+            if control is None:
+                value = served.route.decode(payload, content_type)
+                count = served.table.get(device, mono).push(value, time.time(), mono)
+            else:
+                value = control.decode(payload, content_type)
+                control.apply(served.table.get(device, mono), value, time.time())
+                count = 0
         except PayloadError as exc:
             self._report(served, device, exc.kind, exc.message, topic)
             return
@@ -460,7 +473,9 @@ class Service:
         device still gets a documented error; the traceback is logged once per minute per
         exception type with a count."""
         device, _, suffix = topic[len(self._prefix_slash) :].partition("/")
-        served = self._served.get(suffix) if topic.startswith(self._prefix_slash) else None
+        served = None
+        if topic.startswith(self._prefix_slash):
+            served = self._served.get(suffix) or self._controls.get(suffix, (None,))[0]
         kind = type(exc).__name__
         held = self._log_limiter.allow("internal:" + kind)
         if held is not None:

@@ -52,6 +52,36 @@ def fit_prototypes(emb: np.ndarray, labels: np.ndarray, n_classes: int) -> Proto
     return Prototypes(means, present, means[present].mean(axis=0))
 
 
+class PrototypeSums:
+    """A user's running sum and count of embeddings per class: the state of
+    :func:`fit_prototypes` kept up to date one window at a time (``C x D`` sums and ``C``
+    counts, whatever the number of windows)."""
+
+    __slots__ = ("sums", "counts")
+
+    def __init__(self, n_classes: int, dim: int) -> None:
+        self.sums = np.zeros((n_classes, dim))
+        self.counts = np.zeros(n_classes, np.int64)
+
+    def add(self, emb: np.ndarray, label: int) -> None:
+        self.sums[label] += emb
+        self.counts[label] += 1
+
+    def clear(self) -> None:
+        self.sums[:] = 0.0
+        self.counts[:] = 0
+
+    def prototypes(self, min_windows: int = 1) -> Prototypes | None:
+        """The :class:`Prototypes` of the classes with at least ``min_windows`` windows,
+        None when no class has that many; equal to :func:`fit_prototypes` of the same windows
+        restricted to those classes."""
+        present = self.counts >= min_windows
+        if not present.any():
+            return None
+        means = np.where(present[:, None], self.sums / np.maximum(self.counts, 1)[:, None], 0.0)
+        return Prototypes(means, present, means[present].mean(axis=0))
+
+
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
 

@@ -2,7 +2,9 @@
 
 Read top-down in the order a message flows: decode (accel payloads into :class:`Samples`),
 buffer (:class:`WindowBuffer`: one device's readings into model windows), encode
-(:func:`build`: the route, with the activity payload it publishes).
+(:func:`build`: the route, with the activity payload it publishes). A device's labels on
+``<prefix>/<id>/label``, which calibrate its classification, are the route's second input
+topic (:mod:`harstream.stream.families.har_labels`).
 
 Decode. Accepted accel payloads on ``<prefix>/<id>/accel`` (see docs/contract.md):
 
@@ -61,8 +63,25 @@ import orjson
 
 from harstream.models.har.smoothing import DeviceSmoother, SmootherParams
 from harstream.models.har.windows import RATE_HZ
+from harstream.stream.calibration_store import SqliteStore
+from harstream.stream.families.har_labels import (
+    LABEL_SUFFIX,
+    Calibrator,
+    DeviceCalibration,
+    Label,
+    Marked,
+    label_decoder,
+    label_range,
+)
 from harstream.stream.payloads import json_error, number
-from harstream.stream.routes import Extra, PayloadError, Route, Sink, load_family_predictor
+from harstream.stream.routes import (
+    Control,
+    Extra,
+    PayloadError,
+    Route,
+    Sink,
+    load_family_predictor,
+)
 
 FAMILY = "har"
 STATE_SUFFIX = "state"  # <prefix>/<id>/state: the retained smoothed activity, on every change
@@ -302,13 +321,15 @@ SNAP_TOLERANCE_S = 0.001
 class WindowInfo(NamedTuple):
     """What the encoder learns about a window besides its data: its first and last sample
     times, its number, the segment of continuous data it belongs to (one more after every
-    restart: a gap, a timed/untimed switch) and the device's smoother (None when off)."""
+    restart: a gap, a timed/untimed switch), the device's smoother (None when off) and its
+    calibration (None without one)."""
 
     start: float
     end: float
     seq: int
     segment: int
     smoother: DeviceSmoother | None
+    calibration: DeviceCalibration | None = None
 
 
 class WindowBuffer:
@@ -334,6 +355,8 @@ class WindowBuffer:
         "_bin_n",
         "_segment",
         "_smoother",
+        "_calibration",
+        "_last_end",
     )
 
     def __init__(
@@ -346,6 +369,7 @@ class WindowBuffer:
         rate_hz: float = 20.0,
         max_gap_s: float = 1.0,
         smoother: DeviceSmoother | None = None,
+        calibration: DeviceCalibration | None = None,
     ) -> None:
         if not 1 <= hop <= window:
             raise ValueError(f"hop must be between 1 and the window length {window}, got {hop}")
@@ -370,6 +394,8 @@ class WindowBuffer:
         self._bin_n = 0
         self._segment = 0
         self._smoother = smoother
+        self._calibration = calibration
+        self._last_end: float | None = None  # the time of the last window's last reading
 
     def push(self, value: Samples, wall: float, mono: float) -> int:
         """Add one message's readings; returns how many were accepted."""
@@ -399,6 +425,21 @@ class WindowBuffer:
         step = 1.0 / value.rate_hz
         times = [base + (i + 1) * step for i in range(len(xyz))]
         return self._resample(times, xyz.tolist(), wall, mono, check_gaps=False)
+
+    def label(self, label: Label, _wall: float) -> None:
+        """Queue a wearer's label for the inference worker, as a range of this device's
+        times (see :func:`label_range`); ``bad_label`` when it does not fit the readings."""
+        cal = self._calibration
+        if cal is None:
+            raise PayloadError("bad_label", "calibration is off for this model")
+        if label.activity is None:
+            cal.pending.append(Marked(None, 0.0, 0.0))
+            return
+        n = self._n
+        latest = float(self._stamps[n - 1]) if n else self._last_end
+        span = (self._window - 1) * self._dt
+        start, end = label_range(label, latest, span)
+        cal.pending.append(Marked(label.activity, start, end))
 
     def _check_density(self, times: np.ndarray, prev: float | None) -> None:
         """Refuse a message whose readings are sparser than :data:`MIN_RATE_HZ` on average.
@@ -601,7 +642,8 @@ class WindowBuffer:
         n = self._n
         self._seq += 1
         start, end = float(self._stamps[0]), float(self._stamps[n - 1])
-        info = WindowInfo(start, end, self._seq, self._segment, self._smoother)
+        self._last_end = end
+        info = WindowInfo(start, end, self._seq, self._segment, self._smoother, self._calibration)
         self._sink.emit(self._x.copy(), info, mono)
         keep = n - self._hop
         self._x[:keep] = self._x[self._hop :]
@@ -626,6 +668,19 @@ def build(config: Any, predictor: Any = None) -> Route:
     params = None
     if config.smoothing == "hmm":
         params = SmootherParams(p_stay=config.smoothing_stay, beta=config.smoothing_beta)
+    # a real device makes a window every hop samples at the model's rate, however fast it samples
+    real_rate = rate_hz / config.hop
+    calibrator = None
+    # calibration needs the embeddings: a predictor whose forward returns them second
+    if len(predictor.predict_outputs(np.zeros((1, window, axes), predictor.dtype))) == 2:
+        path = config.calibration_store
+        calibrator = Calibrator(
+            labels,
+            tag,
+            None if path is None else SqliteStore(path),
+            windows_per_s=real_rate,
+            span_s=(window - 1) / rate_hz,
+        )
 
     def new_buffer(device: str, sink: Sink) -> WindowBuffer:
         return WindowBuffer(
@@ -636,11 +691,23 @@ def build(config: Any, predictor: Any = None) -> Route:
             rate_hz=rate_hz,
             max_gap_s=config.max_gap,
             smoother=None if params is None else DeviceSmoother(len(labels), params),
+            calibration=None if calibrator is None else calibrator.new_device(),
         )
 
     def encode(
-        device: str, info: WindowInfo, probs: np.ndarray, _p: Any, latency_ms: float
+        device: str, info: WindowInfo, out: Any, _p: Any, latency_ms: float
     ) -> bytes | tuple[bytes, list[Extra]]:
+        extras = []
+        calibrated = False
+        if calibrator is None:
+            probs = out
+        else:
+            probs, emb = out
+            probs, calibrated, changed = calibrator.step(
+                device, info.calibration, info.start, info.end, probs, emb
+            )
+            if changed is not None:
+                extras.append(changed)
         values = probs.tolist()
         best = int(probs.argmax())
         smoother = info.smoother
@@ -655,23 +722,40 @@ def build(config: Any, predictor: Any = None) -> Route:
         doc["window"] = {"start": info.start, "end": info.end, "samples": window}
         doc["model"] = tag
         doc["seq"] = info.seq
+        doc["calibrated"] = calibrated
         doc["latency_ms"] = round(latency_ms, 3)
         payload = orjson.dumps(doc)
-        if smoother is None or not smoother.changed:
-            return payload
-        previous = smoother.previous
-        change = {
-            "device": device,
-            "activity": doc["activity"],
-            "since": smoother.since,
-            "previous": labels[previous] if previous >= 0 else None,
-            "confidence": doc["confidence"],
-            "model": tag,
-        }
-        return payload, [Extra(STATE_SUFFIX, orjson.dumps(change), retain=True)]
+        if smoother is not None and smoother.changed:
+            extras.append(_change_event(device, doc, smoother, labels, tag))
+        return (payload, extras) if extras else payload
 
-    # a real device makes a window every hop samples at the model's rate, however fast it samples
-    real_rate = rate_hz / config.hop
+    controls = {}
+    if calibrator is not None:
+        controls[LABEL_SUFFIX] = Control(label_decoder(labels), WindowBuffer.label)
     return Route(
-        FAMILY, "accel", "activity", decode_accel, new_buffer, predictor, encode, real_rate
+        FAMILY,
+        "accel",
+        "activity",
+        decode_accel,
+        new_buffer,
+        predictor,
+        encode,
+        real_rate,
+        controls,
     )
+
+
+def _change_event(
+    device: str, doc: dict[str, Any], smoother: DeviceSmoother, labels: list[str], tag: str
+) -> Extra:
+    """The retained ``state`` message of a change of the smoothed activity."""
+    previous = smoother.previous
+    change = {
+        "device": device,
+        "activity": doc["activity"],
+        "since": smoother.since,
+        "previous": labels[previous] if previous >= 0 else None,
+        "confidence": doc["confidence"],
+        "model": tag,
+    }
+    return Extra(STATE_SUFFIX, orjson.dumps(change), retain=True)

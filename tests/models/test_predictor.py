@@ -156,3 +156,18 @@ def test_foreign_and_missing_files_fail_clearly(tmp_path):
     (tmp_path / "meta.json").write_text("{not json")
     with pytest.raises(checkpoint.CheckpointError, match="not valid JSON"):
         checkpoint.load_meta(tmp_path)
+
+
+def test_har_predictor_yields_probabilities_and_embeddings_in_one_call(small_predictor):
+    """11 windows run as 8 + 2 + 1 bucket calls; each output is cut and joined in order,
+    and the embedding is the input of the final Dense layer."""
+    x = np.random.default_rng(5).normal(0.0, 4.0, (11, 80, 3)).astype(np.float32)
+    probs, emb = small_predictor.predict_outputs(x)
+    assert probs.shape == (11, 6) and emb.shape == (11, 160)
+    np.testing.assert_allclose(small_predictor.predict(x), probs)
+    dense = small_predictor.params["dense"]
+    logits = emb @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"])
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(e / e.sum(axis=1, keepdims=True), probs, atol=1e-5)
+    one_by_one = [small_predictor.predict_outputs(w[None])[1][0] for w in x]
+    np.testing.assert_allclose(one_by_one, emb, rtol=1e-4, atol=1e-5)

@@ -283,7 +283,19 @@ def test_devices_reach_only_their_own_topics(secure_bus, har_predictor):
         assert pred_b["window"]["start"] == T0 + 100, "dev-a's readings reached dev-b's window"
         assert len(b.json_of("dev-b")) == 1
         assert service.metrics.value("harstream_samples_total", family="har") == 160
-        for suffix in ("activity", "state"):
+        # dev-a labels its own readings and reads its own calibration; it can neither label
+        # dev-b's readings nor fake its own calibration
+        a.client.publish("har/dev-a/calibration", b'{"classes": {"x": 9}}', qos=1, retain=True)
+        a.client.publish("har/dev-b/label", b'{"activity": "sitting", "seconds": 10}', qos=1)
+        a.client.publish("har/dev-a/label", b'{"activity": "sitting", "seconds": 10}', qos=1)
+        a.client.publish("har/dev-a/accel", window(T0 + 4, 80), qos=1)
+        b.client.publish("har/dev-b/accel", window(T0 + 104, 80), qos=1)
+        (calibration,) = a.wait_for("dev-a", 1, "calibration")
+        b.wait_for("dev-b", 2)
+        a.settle()
+        assert calibration["classes"] == {"sitting": 1}, "dev-a saw a fake calibration"
+        assert len(a.json_of("dev-a", "calibration")) == 1
+        for suffix in ("activity", "state", "calibration"):
             assert not a.json_of("dev-b", suffix) and not b.json_of("dev-a", suffix), (
                 f"a device read another's {suffix}"
             )

@@ -44,6 +44,18 @@ def test_the_state_file_defaults_to_a_per_user_path_and_empty_turns_it_off(tmp_p
     assert ServeConfig().state_file is None  # in-process services save nothing unless asked
 
 
+def test_the_calibration_store_defaults_beside_the_state_files_and_empty_turns_it_off(tmp_path):
+    env = {"XDG_STATE_HOME": str(tmp_path)}
+    cfg = config_from_args(serve_args(), env)
+    assert cfg.calibration_store == tmp_path / "harstream" / "calibrations.sqlite"
+    assert config_from_args(serve_args("--calibration-store", ""), env).calibration_store is None
+    off = {**env, "HARSTREAM_CALIBRATION_STORE": ""}
+    assert config_from_args(serve_args(), off).calibration_store is None
+    cfg = config_from_args(serve_args("--calibration-store", "c.sqlite"), env)
+    assert cfg.calibration_store == Path("c.sqlite")
+    assert ServeConfig().calibration_store is None  # in-process: calibrations in memory only
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "toml", "match"),
     [

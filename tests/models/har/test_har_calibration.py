@@ -4,6 +4,7 @@ import numpy as np
 
 from harstream.models.har.calibration import (
     PrototypeCalibration,
+    PrototypeSums,
     finetune_head,
     fit_prototypes,
     mix,
@@ -67,3 +68,23 @@ def test_head_finetuning_fixes_a_wrong_head_and_l2_holds_it_back() -> None:
     assert (softmax(emb @ w + b).argmax(axis=1) == labels).mean() == 1.0
     w_stiff, _ = finetune_head(emb, labels, kernel, bias, steps=100, lr=0.05, l2=10.0)
     assert np.abs(w_stiff - kernel).max() < np.abs(w - kernel).max() / 5
+
+
+def test_running_sums_give_the_prototypes_of_the_classes_with_enough_windows() -> None:
+    rng = np.random.default_rng(3)
+    emb, labels, _ = clusters(rng, 5)
+    keep = labels != 1
+    keep[np.flatnonzero(labels == 2)[2:]] = False  # class 2: two windows, below min_windows
+    running = PrototypeSums(C, D)
+    assert running.prototypes() is None
+    for e, label in zip(emb[keep], labels[keep], strict=True):
+        running.add(e, int(label))
+    got = running.prototypes(min_windows=3)
+    enough = keep & (labels != 2)
+    want = fit_prototypes(emb[enough], labels[enough], C)
+    assert got.present.tolist() == [True, False, False, True]
+    np.testing.assert_allclose(got.means, want.means)
+    np.testing.assert_allclose(got.centre, want.centre)
+    assert running.counts.tolist() == [5, 0, 2, 5]
+    running.clear()
+    assert running.prototypes() is None and not running.sums.any()

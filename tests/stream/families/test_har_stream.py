@@ -192,7 +192,8 @@ def test_gap_restarts_and_drops_are_counted():
     later = T0 + 60 + np.arange(80) / 20
     buf.push(timed(range(80), later), 0.0, 0.0)
     assert sink.drops["gap"] == 30
-    ((_, (start, _, seq, segment, _)),) = sink.windows
+    ((_, info),) = sink.windows
+    start, seq, segment = info.start, info.seq, info.segment
     assert start == later[0] and seq == 1
     assert segment == 1, "a window after a gap belongs to a new segment (a fresh smoother)"
 
