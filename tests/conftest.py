@@ -12,6 +12,15 @@ from bus_client import Client
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Services started by tests (in-process or as subprocesses, which inherit it) keep
+    their state files and calibration stores here, never in the real home directory."""
+    home = tmp_path_factory.mktemp("state-home")
+    os.environ["XDG_STATE_HOME"] = str(home)
+    return home
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real data sets beside the checkout; tests that need them skip when absent."""

@@ -111,8 +111,12 @@ class ServiceProcess:
             self.client_id,
             "--session-expiry",
             "1",
+            # a one-off client id per run: no state or calibration worth keeping, no file
+            # left behind
             "--state-file",
-            "",  # a one-off client id per run: no state worth keeping, no file left behind
+            "",
+            "--calibration-store",
+            "",
             "--no-embedded-broker",
             *_broker_argv(broker),
             *args,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -317,7 +318,9 @@ def test_anonymous_and_wrong_logins_are_refused(secure_bus):
 
 
 @needs_mosquitto
-def test_serve_with_a_password_file_keeps_it_out_of_the_process_list(secure_bus, har_model_path):
+def test_serve_with_a_password_file_keeps_it_out_of_the_process_list(
+    secure_bus, har_model_path, tmp_path
+):
     watcher = secure_bus.device("dev-a")
     cmd = [
         sys.executable, "-m", "harstream", "serve", "--broker",
@@ -325,7 +328,8 @@ def test_serve_with_a_password_file_keeps_it_out_of_the_process_list(secure_bus,
         "--password-file", str(secure_bus.secrets / "harstream"), "--model", str(har_model_path),
         "--families", "har", "--client-id", "serve-secure-proc",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path)}  # its files, never the real home's
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     try:
         online = watcher.wait_for("service", 1, "status")[-1]
         assert online["status"] == "online" and online["client_id"] == "serve-secure-proc"
