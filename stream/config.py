@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harstream.models.har.smoothing import SmootherParams
+from harstream.models.har.smoothing import CALIBRATED, SmootherParams
 from harstream.stream.contract import check_prefix
 from harstream.stream.ratelimit import DEFAULT_BURST_S, DEFAULT_MARGIN
 
@@ -228,7 +228,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "float",
         SmootherParams.p_stay,
         "HAR smoothing: the filter's probability that the activity continues from one window "
-        "to the next (0-1; higher: steadier, slower to follow a change)",
+        "to the next (0-1; higher: steadier, slower to follow a change); for windows not "
+        f"calibrated by the device's labels (calibrated ones use {CALIBRATED.p_stay:g})",
         "P",
     ),
     Option(
@@ -236,7 +237,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "float",
         SmootherParams.beta,
         "HAR smoothing: the weight of one window as evidence (0-1]; overlapping windows are "
-        "not independent, so less than 1",
+        "not independent, so less than 1; for windows not calibrated by the device's "
+        f"labels (calibrated ones use {CALIBRATED.beta:g})",
         "B",
     ),
     Option("max_batch", "int", 128, "largest inference batch (power-of-two buckets)", "N"),

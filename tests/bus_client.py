@@ -84,19 +84,25 @@ def service_broker(host: str, port: int, version: str, prefix: str) -> BrokerCon
     )
 
 
-def offline_smoothing(preds: list[dict], restarts: tuple[int, ...] = ()) -> list[dict]:
+def offline_smoothing(
+    preds: list[dict], restarts: tuple[int, ...] = (), calibrated: bool = True
+) -> list[dict]:
     """What the service's default smoothing must make of one device's predictions (in seq
     order): the offline filter over their ``probs``, restarted before the predictions at
-    the indices ``restarts`` (after a gap). One dict per prediction: its ``activity`` and
-    ``confidence``, and ``state``, the change event it must cause (None without a change)."""
-    from harstream.models.har.smoothing import SmootherParams, SmoothingState
+    the indices ``restarts`` (after a gap), stepping with the calibrated settings on the
+    predictions marked ``calibrated`` (unless ``calibrated`` is False). One dict per
+    prediction: its ``activity`` and ``confidence``, and ``state``, the change event it
+    must cause (None without a change)."""
+    from harstream.models.har.smoothing import CALIBRATED, SmootherParams, SmoothingState
 
     labels = list(preds[0]["probs"])
-    filt = SmoothingState(len(labels), SmootherParams())
+    default = SmootherParams()
+    filt = SmoothingState(len(labels), default)
     out = []
     for i, pred in enumerate(preds):
         if i in restarts:
             filt.reset()
+        filt.params = CALIBRATED if calibrated and pred["calibrated"] else default
         previous = int(filt.label[0])
         probs = [pred["probs"][name] for name in labels]
         alpha = filt.update(probs, pred["window"]["end"])[0]

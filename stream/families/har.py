@@ -713,8 +713,9 @@ def build(config: Any, predictor: Any = None) -> Route:
         smoother = info.smoother
         doc = {"device": device, "activity": labels[best], "confidence": values[best]}
         if smoother is not None:
-            # on the inference worker, which takes one device's windows in order
-            smoothed = smoother.update(values, info.end, info.segment)
+            # on the inference worker, which takes one device's windows in order; calibrated
+            # probabilities are filtered with the smoother's calibrated settings
+            smoothed = smoother.update(values, info.end, info.segment, calibrated)
             label = smoother.label
             doc["activity"], doc["confidence"] = labels[label], smoothed[label]
             doc["raw"] = {"activity": labels[best], "confidence": values[best]}

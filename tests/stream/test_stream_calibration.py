@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from bus_client import T0, Client
+from bus_client import T0, Client, assert_smoothed, offline_smoothing
 
 from harstream.models.har.calibration import PrototypeCalibration, fit_prototypes
 
@@ -87,6 +87,10 @@ def test_labels_calibrate_the_device_and_only_it(serve, device, broker, har_pred
     want, cnn = offline(har_predictor, sitting, walking, test)
     np.testing.assert_allclose([probs_of(p) for p in after], want, atol=1e-5)
     assert not np.allclose(want, cnn, atol=1e-3), "calibration must change the answer"
+    # smoothed with the default settings up to the calibration, the calibrated ones after
+    assert_smoothed(device, "wrist-a")
+    defaults_only = offline_smoothing(preds, calibrated=False)[10:]
+    assert [d["confidence"] for d in defaults_only] != [p["confidence"] for p in after]
     # the other device: the CNN's own answer, no calibration
     assert not any(p["calibrated"] for p in others)
     assert not device.json_of("wrist-b", "calibration")
@@ -153,6 +157,8 @@ def test_reset_clears_the_calibration(serve, device, windows):
     device.settle()
     assert device.json_of("wrist-d", "calibration")[-1]["classes"] == {}
     assert not any(p["calibrated"] for p in preds[10:])
+    assert any(p["calibrated"] for p in preds[:10])
+    assert_smoothed(device, "wrist-d")  # back to the default settings after the reset
 
 
 def test_a_restart_keeps_the_calibration(serve, device, har_predictor, windows, tmp_path):

@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 
 from harstream.models.har.smoothing import (
+    CALIBRATED,
     DeviceSmoother,
     SmootherParams,
     SmoothingState,
     filter_sequence,
+    filter_step,
     temper,
     windows_to_switch,
 )
@@ -212,3 +214,16 @@ def test_a_restored_device_smoother_goes_on_as_the_saved_one() -> None:
         )
     with pytest.raises(ValueError, match="5 classes"):
         DeviceSmoother(5, PARAMS).restore(first.snapshot())
+
+
+def test_calibrated_windows_step_with_the_calibrated_settings_from_the_same_state() -> None:
+    rng = np.random.default_rng(6)
+    probs = random_probs(rng, (30,))
+    calibrated = [10 <= i < 20 for i in range(30)]  # labelled, then the calibration reset
+    one = DeviceSmoother(C, PARAMS)
+    alpha = np.full((1, C), 1.0 / C)
+    for p, cal in zip(probs, calibrated, strict=True):
+        alpha = filter_step(alpha, p[None], CALIBRATED if cal else PARAMS)
+        np.testing.assert_allclose(one.update(p.tolist(), 0.0, 0, cal), alpha[0], rtol=1e-12)
+    assert one.calibrated_params == CALIBRATED != PARAMS
+    assert CALIBRATED.p_stay > SmootherParams().p_stay and CALIBRATED.beta > SmootherParams().beta

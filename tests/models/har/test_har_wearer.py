@@ -6,10 +6,13 @@ window's end and answer with known probabilities and embeddings.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
 from harstream.models.har.data import Recording
+from harstream.models.har.smoothing import CALIBRATED
 from harstream.models.har.wearer import (
     calibrated_report,
     format_wearer,
@@ -56,6 +59,8 @@ def test_calibration_on_the_first_seconds_fixes_a_confusion_the_stream_keeps() -
     assert cal["plain_accuracy"] == pytest.approx(4 / 7)  # b is always wrong
     assert cal["plain_stream_accuracy"] == pytest.approx(4 / 7)
     assert cal["accuracy"] == 1.0 and cal["stream_accuracy"] == 1.0
+    assert cal["stream_default_accuracy"] == 1.0
+    assert cal["smoother"] == asdict(CALIBRATED)  # the calibrated device's, as in the service
     assert cal["calibration"] == {"tau": 0.2, "weight": 0.9} and cal["seconds"] == 20.0
     with pytest.raises(ValueError, match="between 4 .* and 40"):
         calibrated_report(scored, len(CLASSES), 41.0)
