@@ -233,6 +233,7 @@ class Latest:
     latency_ms: float | None
     received: float
     raw: str | None = None  # the window's own answer, when the service smooths
+    calibrated: bool = False  # classified with the device's own calibration
 
 
 @dataclass
@@ -322,7 +323,9 @@ class Scoreboard:
             if before is not None:
                 self.flips += before.activity != activity
                 self.raw_flips += None not in (before.raw, raw) and before.raw != raw
-            self.latest[device] = Latest(activity, confidence, label, latency, received_at, raw)
+            self.latest[device] = Latest(
+                activity, confidence, label, latency, received_at, raw, calibrated
+            )
 
     def latest_copy(self) -> dict[str, Latest]:
         """Each device's most recent prediction (a copy, safe to read from any thread)."""

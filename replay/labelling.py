@@ -12,6 +12,7 @@ when the label arrived (a race with the samples, on another topic).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from harstream.models.har.data import Recording
 from harstream.models.har.wearer import MIN_LABEL_S
 from harstream.models.har.windows import segments
-from harstream.replay.pacing import Track
+from harstream.replay.pacing import Chunk, Track
 
 
 class TrackLabel(NamedTuple):
@@ -54,3 +55,19 @@ def calibration_labels(track: Track, seconds: float) -> list[TrackLabel]:
         if t[last] - t[start] >= MIN_LABEL_S - 1.0 / track.rate_hz - 1e-3:
             out.append(TrackLabel(str(track.labels[start]), start, last))
     return out
+
+
+def label_first_activity(stream: Iterator[Chunk], seconds: float) -> Iterator[Chunk]:
+    """``stream`` with one label attached: on the first ``seconds`` of one activity (the
+    first run of one true label that lasts that long), to the chunk that completes it."""
+    activity, first, done = None, 0.0, False
+    for chunk in stream:
+        if not done and chunk.labels is not None:
+            for label, t in zip(chunk.labels, chunk.t, strict=True):
+                if label != activity:
+                    activity, first = str(label), float(t)
+                elif t - first >= seconds - 0.5 / chunk.rate_hz:
+                    chunk.labels_after = (*chunk.labels_after, (activity, first, float(t)))
+                    done = True
+                    break
+        yield chunk

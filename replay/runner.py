@@ -78,7 +78,7 @@ class Runner:
         subscriptions = []
         if self.settings.compare:
             subscriptions += [subscription(prefix, "activity"), subscription(prefix, ERRORS_SUFFIX)]
-        if self.settings.calibrate_seconds is not None:
+        if self.settings.compare or self.settings.calibrate_seconds is not None:
             subscriptions.append(subscription(prefix, CALIBRATION_SUFFIX))
         self.client = open_client(
             self.cfg,
@@ -104,7 +104,8 @@ class Runner:
         if msg.topic.endswith("/" + ERRORS_SUFFIX):
             self._on_error(msg.payload)
         elif msg.topic.endswith("/" + CALIBRATION_SUFFIX):
-            self._on_calibration(msg.payload)
+            if not msg.retain:  # retained: an earlier run's, delivered on subscribing
+                self._on_calibration(msg.payload)
         else:
             self.scoreboard.on_prediction(msg.payload, time.perf_counter())
 
