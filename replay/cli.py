@@ -173,6 +173,15 @@ def register(groups: dict[str, Any]) -> None:
     )
     source.add_argument("--loop", action="store_true", help="start over at the end, until stopped")
     source.add_argument(
+        "--calibrate-seconds",
+        type=float,
+        metavar="S",
+        help="calibrate each device: label the first S seconds of each activity on "
+        "<prefix>/<id>/label (start/end in the sent timestamps, published right after "
+        "those samples); with --compare also score only windows starting 40 s or more into "
+        "an activity, as 'harstream evaluate har --calibrate-seconds' does (4-40)",
+    )
+    source.add_argument(
         "--max-pause",
         type=float,
         default=5.0,

@@ -118,6 +118,8 @@ def run_streams(
 def run_replay(args: argparse.Namespace) -> int:
     """``harstream replay``."""
     from harstream.models.har.data import DataError
+    from harstream.models.har.wearer import check_calibrate_seconds
+    from harstream.replay.labelling import calibration_labels
     from harstream.replay.recordings import load_tracks
 
     try:
@@ -129,6 +131,8 @@ def run_replay(args: argparse.Namespace) -> int:
         if args.max_pause <= 0:
             raise ValueError(f"--max-pause must be > 0, got {args.max_pause}")
         offsets = stagger_offsets(args.devices, args.stagger)
+        if args.calibrate_seconds is not None:
+            check_calibrate_seconds(args.calibrate_seconds)
         loaded = load_tracks(args.files, device_id=args.device_id, layout=args.layout)
     except (ConfigError, DataError, ValueError) as exc:
         return fail("replay", str(exc))
@@ -138,9 +142,16 @@ def run_replay(args: argparse.Namespace) -> int:
             "the files have no labels: --compare counts windows and latency only",
             file=sys.stderr,
         )
+    if args.calibrate_seconds is not None and not loaded.labelled:
+        return fail("replay", "--calibrate-seconds needs labelled recordings")
     base = time.time()
     devices, streams = [], []
     for track in loaded.tracks:
+        labels = (
+            []
+            if args.calibrate_seconds is None
+            else calibration_labels(track, args.calibrate_seconds)
+        )
         for i, offset in enumerate(offsets):
             device = track.device if args.devices == 1 else f"{track.device}-{i}"[:64]
             devices.append(device)
@@ -153,6 +164,7 @@ def run_replay(args: argparse.Namespace) -> int:
                     offset=offset,
                     loop=args.loop,
                     max_pause=args.max_pause,
+                    calibration=labels,
                 )
             )
     settings = RunSettings(
@@ -166,6 +178,7 @@ def run_replay(args: argparse.Namespace) -> int:
         max_gap=service["max_gap"],
         wait=args.wait,
         truth_capacity=int(TRUTH_SECONDS * 20) if args.loop else None,
+        calibrate_seconds=args.calibrate_seconds,
     )
     total = None if args.loop else sum(t.t_rel.size for t in loaded.tracks) * args.devices
     speed_text = "max" if math.isinf(speed) else f"{speed:g}x"

@@ -22,7 +22,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
-from harstream.models.har.windows import WINDOW
+from harstream.models.har.wearer import SCORE_FROM_S, scored_after_labels
+from harstream.models.har.windows import MAX_GAP_S, WINDOW
 from harstream.models.reports import classification_report
 from harstream.models.reports import format_report as format_scores
 from harstream.replay.pacing import Chunk
@@ -33,7 +34,10 @@ MATCH_TOLERANCE_S = 1e-3  # the service may recompute t0 + i / rate_hz with roun
 
 
 class _DeviceLog:
-    """Growable (or bounded) arrays of sent timestamps, label codes and publish times."""
+    """Growable (or bounded) arrays of sent timestamps, label codes, publish times and the
+    timestamp at which each sample's activity began (``since``)."""
+
+    ARRAYS = ("t", "code", "sent", "since")
 
     def __init__(self, capacity: int | None) -> None:
         self.capacity = capacity
@@ -41,27 +45,48 @@ class _DeviceLog:
         self.t = np.empty(size)
         self.code = np.empty(size, np.int32)
         self.sent = np.empty(size)
+        self.since = np.empty(size)
         self.n = 0
         self.first: float | None = None  # the first timestamp sent, kept when trimming
+        self._last: tuple[float, int, float] | None = None  # t, code, since of the latest
+
+    def _since(self, t: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """When each sample's activity began: a new one at a label change or a time gap,
+        as the offline evaluation cuts activities (``models.har.windows.segments``)."""
+        prev_t = np.concatenate([[-math.inf if self._last is None else self._last[0]], t[:-1]])
+        prev_code = np.concatenate([[-2 if self._last is None else self._last[1]], codes[:-1]])
+        step = t - prev_t
+        breaks = (codes != prev_code) | (step < 0) | (step > MAX_GAP_S)
+        starts = np.where(breaks, t, np.nan)
+        if self._last is not None and not breaks[0]:
+            starts[0] = self._last[2]
+        index = np.maximum.accumulate(np.where(np.isnan(starts), 0, np.arange(t.size)))
+        return starts[index]
 
     def append(self, t: np.ndarray, codes: np.ndarray, sent_at: float) -> None:
         k = t.size
-        if self.first is None and k:
+        if k == 0:
+            return
+        if self.first is None:
             self.first = float(t[0])
+        since = self._since(t, codes)
+        self._last = (float(t[-1]), int(codes[-1]), float(since[-1]))
         if self.capacity is not None and self.n + k > 2 * self.capacity:
             keep = max(0, min(self.n, self.capacity - k))  # forget the oldest samples
-            for arr in (self.t, self.code, self.sent):
+            for name in self.ARRAYS:
+                arr = getattr(self, name)
                 arr[:keep] = arr[self.n - keep : self.n]
             self.n = keep
         if self.n + k > self.t.size:
             size = max(2 * self.t.size, self.n + k)
-            for name in ("t", "code", "sent"):
+            for name in self.ARRAYS:
                 grown = np.empty(size, getattr(self, name).dtype)
                 grown[: self.n] = getattr(self, name)[: self.n]
                 setattr(self, name, grown)
         self.t[self.n : self.n + k] = t
         self.code[self.n : self.n + k] = codes
         self.sent[self.n : self.n + k] = sent_at
+        self.since[self.n : self.n + k] = since
         self.n += k
 
     def span(self, start: float, end: float) -> slice:
@@ -78,6 +103,7 @@ class Match(NamedTuple):
     ours: bool
     label: str | None
     sent_at: float | None
+    into: float | None = None  # seconds from the start of its last sample's activity
 
 
 class TruthLog:
@@ -121,7 +147,8 @@ class TruthLog:
     def lookup(self, device: str, start: float, end: float) -> Match:
         """Whether a window is made of samples this run sent, its true label (the majority
         over the samples it covers; ``None`` when unlabelled) and when its last sample
-        was published.
+        was published, and how far into the activity of its last sample it starts (as the
+        offline evaluation measures it).
 
         A window that starts before the first sample this run sent to the device is not
         this run's: the service still held samples from an earlier run of the same id.
@@ -132,11 +159,14 @@ class TruthLog:
                 return Match(False, None, None)
             span = log.span(start, end)
             codes = log.code[span]
-            sent = float(log.sent[span.stop - 1]) if span.stop > span.start else None
+            sent = into = None
+            if span.stop > span.start:
+                sent = float(log.sent[span.stop - 1])
+                into = start - float(log.since[span.stop - 1])
         known = codes[codes != self.UNKNOWN]
         if known.size == 0:
-            return Match(True, None, sent)
-        return Match(True, self.labels[int(np.bincount(known).argmax())], sent)
+            return Match(True, None, sent, into)
+        return Match(True, self.labels[int(np.bincount(known).argmax())], sent, into)
 
 
 @dataclass
@@ -203,6 +233,7 @@ class Latest:
     latency_ms: float | None
     received: float
     raw: str | None = None  # the window's own answer, when the service smooths
+    calibrated: bool = False  # classified with the device's own calibration
 
 
 @dataclass
@@ -226,6 +257,13 @@ class Scoreboard:
     raw_flips: int = 0  # the same for the windows' own answers (``raw``), when smoothed
     bad: Counter = field(default_factory=Counter)
     models: Counter = field(default_factory=Counter)
+    # with calibration labels sent: the first seconds of each activity were labels, and
+    # only windows from SCORE_FROM_S into an activity are scored (as evaluate does)
+    calibrate_seconds: float | None = None
+    cal_true: list[str] = field(default_factory=list)
+    cal_pred: list[str] = field(default_factory=list)
+    cal_raw: list[str] = field(default_factory=list)
+    cal_flagged: int = 0  # scored predictions that said "calibrated": true
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_prediction(self, payload: bytes, received_at: float | None = None) -> None:
@@ -243,6 +281,7 @@ class Scoreboard:
             raw = msg.get("raw")
             raw_activity = activity if raw is None else str(raw["activity"])
             raw = None if raw is None else raw_activity
+            calibrated = msg.get("calibrated") is True
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             with self._lock:
                 self.bad[type(exc).__name__] += 1
@@ -273,11 +312,20 @@ class Scoreboard:
                 self.y_pred.append(activity)
                 self.y_raw.append(raw_activity)
                 self.hits += label == activity
+                if self.calibrate_seconds is not None and scored_after_labels(
+                    match.into + MATCH_TOLERANCE_S
+                ):
+                    self.cal_true.append(label)
+                    self.cal_pred.append(activity)
+                    self.cal_raw.append(raw_activity)
+                    self.cal_flagged += calibrated
             before = self.latest.get(device)
             if before is not None:
                 self.flips += before.activity != activity
                 self.raw_flips += None not in (before.raw, raw) and before.raw != raw
-            self.latest[device] = Latest(activity, confidence, label, latency, received_at, raw)
+            self.latest[device] = Latest(
+                activity, confidence, label, latency, received_at, raw, calibrated
+            )
 
     def latest_copy(self) -> dict[str, Latest]:
         """Each device's most recent prediction (a copy, safe to read from any thread)."""
@@ -317,8 +365,30 @@ class Scoreboard:
             out["raw_accuracy"] = float(np.mean(np.asarray(y_raw) == np.asarray(y_true)))
             out.update(classes=classes, per_class=scores["per_class"])
             out["confusion"] = scores["confusion"]
+        if self.calibrate_seconds is not None:
+            out["calibrated"] = self._calibrated_report()
         out.update(extra)
         return out
+
+    def _calibrated_report(self) -> dict[str, Any]:
+        """Accuracy on the windows from SCORE_FROM_S into an activity, published (smoothed)
+        and raw, and the share of them the service said were calibrated."""
+        with self._lock:
+            truth = np.asarray(self.cal_true)
+            pred, raw, flagged = (
+                np.asarray(self.cal_pred),
+                np.asarray(self.cal_raw),
+                self.cal_flagged,
+            )
+        n = int(truth.size)
+        return {
+            "accuracy": float(np.mean(pred == truth)) if n else None,
+            "raw_accuracy": float(np.mean(raw == truth)) if n else None,
+            "windows": n,
+            "seconds": self.calibrate_seconds,
+            "score_from_s": SCORE_FROM_S,
+            "calibrated_share": flagged / n if n else None,
+        }
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -363,6 +433,17 @@ def format_report(report: dict[str, Any]) -> str:
             f"accuracy of the published activity {report['accuracy']:.4f}, of each window's "
             f"own (raw) answer {report['raw_accuracy']:.4f}"
         )
+    cal = report.get("calibrated")
+    if cal:
+        where = f"windows >= {cal['score_from_s']:g} s into an activity"
+        if not cal["windows"]:
+            lines.append(f"calibrated on {cal['seconds']:g} s per activity: n/a (no {where})")
+        else:
+            lines.append(
+                f"calibrated on {cal['seconds']:g} s per activity, {cal['windows']} {where}: "
+                f"published {cal['accuracy']:.4f}, raw {cal['raw_accuracy']:.4f}, "
+                f"{100 * cal['calibrated_share']:.1f} % said calibrated"
+            )
     return "\n".join(lines)
 
 

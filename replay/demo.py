@@ -30,6 +30,7 @@ import orjson
 from harstream.replay.cli import DEMO_OPTIONS
 from harstream.replay.commands import EXIT_BROKER, EXIT_USAGE, fail
 from harstream.replay.compare import Scoreboard, format_report
+from harstream.replay.labelling import label_first_activity
 from harstream.replay.pacing import Chunk, Track, stagger_offsets, track_chunks
 from harstream.replay.publisher import BrokerUnavailable, close_client, open_client
 from harstream.replay.runner import Runner, RunSettings
@@ -44,6 +45,9 @@ REFRESH_S = 0.5
 SNAPSHOT_EVERY_S = 5.0  # when stdout is not a terminal, print the table this often
 DEMO_TEXT = "WINNER!! You have been selected for a free cruise. Call 09061701461 now to claim."
 SERIES_STEP = 2.0
+# The first device is calibrated from its first this many seconds of one activity (the
+# simulator knows it): 3 windows at the default hop, the fewest the service uses.
+DEMO_LABEL_S = 6.0
 
 
 class LiveTable:
@@ -77,8 +81,9 @@ class LiveTable:
             truth = row.truth or "-"
             mark = "" if row.truth is None else (" ok" if row.truth == row.activity else " x")
             latency = "-" if row.latency_ms is None else f"{row.latency_ms:.1f} ms"
+            name = device + (" cal" if row.calibrated else "")
             out.append(
-                f"{device:<12} {truth:<14} {row.activity + mark:<14} {row.raw or '-':<12} "
+                f"{name:<12} {truth:<14} {row.activity + mark:<14} {row.raw or '-':<12} "
                 f"{row.confidence:>10.2f} {latency:>10}"
             )
         board = self.board
@@ -321,9 +326,20 @@ def _stream(
     settings = RunSettings(
         prefix=PREFIX, duration=args.duration, compare=True, wait=1.0, truth_capacity=6000
     )
+    streams = [label_first_activity(streams[0], DEMO_LABEL_S), *streams[1:]]
     with Runner(cfg, settings, devices) as runner:
         title = f"harstream demo: {what} -> {cfg.url}, model {routes['har'].predictor.tag}"
         table = LiveTable(runner.scoreboard, devices, title)
+        table.notes.append(
+            f"{devices[0]} sends its first {DEMO_LABEL_S:g} s of one activity as a label; "
+            "'cal': classified with the device's own calibration"
+        )
+
+        def calibrated(device: str, classes: dict[str, int]) -> None:
+            counts = ", ".join(f"{name} {n} windows" for name, n in classes.items())
+            table.notes.append(f"calibration: {device} is calibrated from its labels ({counts})")
+
+        runner.on_calibration = calibrated
         table.start()
         side = SideMessages(cfg, routes, missing, table)
         side.start()

@@ -14,7 +14,7 @@ import heapq
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +28,8 @@ class Chunk:
 
     ``t``: timestamps as sent (unix seconds); ``labels``: true activity per sample, or
     ``None`` when unknown; ``regular``: the samples are exactly ``1 / rate_hz`` apart, so
-    they may be sent compactly as ``t0`` + ``rate_hz``.
+    they may be sent compactly as ``t0`` + ``rate_hz``; ``labels_after``: calibration
+    labels ``(activity, start, end)`` in sent timestamps, to publish after this chunk.
     """
 
     device: str
@@ -38,6 +39,7 @@ class Chunk:
     labels: np.ndarray | None
     rate_hz: float = DEFAULT_RATE_HZ
     regular: bool = False
+    labels_after: tuple[tuple[str, float, float], ...] = ()
 
 
 @dataclass
@@ -106,12 +108,15 @@ def track_chunks(
     offset: float = 0.0,
     loop: bool = False,
     max_pause: float | None = None,
+    calibration: Sequence[tuple[str, int, int]] = (),
 ) -> Iterator[Chunk]:
     """The recording as messages of ``samples_per_message`` samples, once or forever.
 
     Sample ``i`` of pass ``p`` is sent with timestamp ``base + offset + p * period +
     t_rel[i]``, so the service sees the recorded spacing (gaps included), and is due at
     ``offset`` plus its due time (see ``Track.due_times``) plus the earlier passes.
+    ``calibration``: labels ``(activity, first, last)`` on sample indices, each attached
+    (in sent timestamps) to the chunk holding its last sample, in every pass.
     """
     if samples_per_message < 1:
         raise ValueError(f"samples per message must be >= 1, got {samples_per_message}")
@@ -124,6 +129,11 @@ def track_chunks(
         due_shift = offset + passes * due_period
         for start in range(0, n, samples_per_message):
             sl = slice(start, min(start + samples_per_message, n))
+            labels_after = tuple(
+                (activity, base + shift + track.t_rel[first], base + shift + track.t_rel[last])
+                for activity, first, last in calibration
+                if sl.start <= last < sl.stop
+            )
             yield Chunk(
                 device=device,
                 due=due_shift + float(due[sl.stop - 1]),
@@ -132,6 +142,7 @@ def track_chunks(
                 labels=None if track.labels is None else track.labels[sl],
                 rate_hz=track.rate_hz,
                 regular=not track.timed,
+                labels_after=labels_after,
             )
         passes += 1
         if not loop or n == 0:

@@ -22,6 +22,7 @@ from harstream.replay.pacing import Chunk
 from harstream.stream.connection import BrokerConfig, connect, make_client
 from harstream.stream.contract import topic
 from harstream.stream.families.har import BINARY_CONTENT_TYPE, MAX_SAMPLES, encode_binary
+from harstream.stream.families.har_labels import LABEL_SUFFIX
 from harstream.stream.payloads import encode_json
 
 CONNECT_TIMEOUT_S = 10.0
@@ -135,6 +136,7 @@ class Publisher:
         self.samples = 0
         self.lost = 0
         self.queued_offline = 0
+        self.labels = 0
         self._pending: deque[Any] = deque()
         self._properties = self._binary_properties(client) if binary else None
 
@@ -175,6 +177,17 @@ class Publisher:
         else:
             self.lost += 1
         return True
+
+    def send_label(self, device: str, activity: str, start: float, end: float) -> None:
+        """Publish a calibration label (the start/end form) at QoS 1 whatever ``qos``: a
+        lost label would silently leave the device uncalibrated."""
+        import paho.mqtt.client as mqtt
+
+        payload = encode_json({"activity": activity, "start": float(start), "end": float(end)})
+        info = self.client.publish(topic(self.prefix, device, LABEL_SUFFIX), payload, 1)
+        if info.rc == mqtt.MQTT_ERR_SUCCESS:  # else paho sends it after reconnecting
+            self._pending.append(info)
+        self.labels += 1
 
     def _wait_oldest(self, stop: threading.Event | None) -> bool:
         """Wait for the oldest pending message; False if ``stop`` was set meanwhile."""

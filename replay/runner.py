@@ -23,6 +23,7 @@ from harstream.replay.publisher import Publisher, close_client, open_client
 from harstream.stream.config import ServeConfig
 from harstream.stream.connection import BrokerConfig
 from harstream.stream.contract import DEFAULT_PREFIX, ERRORS_SUFFIX, subscription
+from harstream.stream.families.har_labels import CALIBRATION_SUFFIX
 
 
 @dataclass
@@ -42,6 +43,7 @@ class RunSettings:
     max_gap: float = ServeConfig.max_gap
     wait: float = 5.0
     truth_capacity: int | None = None
+    calibrate_seconds: float | None = None  # labels are sent; scored as evaluate does
 
 
 class Runner:
@@ -54,7 +56,12 @@ class Runner:
         self.stop = threading.Event()
         self.interrupted = False
         self.truth = TruthLog(settings.truth_capacity)
-        self.scoreboard = Scoreboard(self.truth, self.devices)
+        self.scoreboard = Scoreboard(
+            self.truth, self.devices, calibrate_seconds=settings.calibrate_seconds
+        )
+        # each device's latest retained <prefix>/<id>/calibration: {activity: windows}
+        self.calibrations: dict[str, dict[str, int]] = {}
+        self.on_calibration: Callable[[str, dict[str, int]], None] | None = None
         self.counters = {
             d: WindowCounter(hop=settings.hop, max_gap=settings.max_gap) for d in self.devices
         }
@@ -68,10 +75,14 @@ class Runner:
 
     def __enter__(self) -> Runner:
         prefix = self.settings.prefix
-        subscriptions = [subscription(prefix, "activity"), subscription(prefix, ERRORS_SUFFIX)]
+        subscriptions = []
+        if self.settings.compare:
+            subscriptions += [subscription(prefix, "activity"), subscription(prefix, ERRORS_SUFFIX)]
+        if self.settings.compare or self.settings.calibrate_seconds is not None:
+            subscriptions.append(subscription(prefix, CALIBRATION_SUFFIX))
         self.client = open_client(
             self.cfg,
-            subscriptions=subscriptions if self.settings.compare else (),
+            subscriptions=subscriptions,
             on_message=self._on_message,
         )
         self.publisher = Publisher(
@@ -92,6 +103,9 @@ class Runner:
     def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
         if msg.topic.endswith("/" + ERRORS_SUFFIX):
             self._on_error(msg.payload)
+        elif msg.topic.endswith("/" + CALIBRATION_SUFFIX):
+            if not msg.retain:  # retained: an earlier run's, delivered on subscribing
+                self._on_calibration(msg.payload)
         else:
             self.scoreboard.on_prediction(msg.payload, time.perf_counter())
 
@@ -103,6 +117,20 @@ class Runner:
             return
         if device in self.devices:
             self.service_errors[kind] += 1
+
+    def _on_calibration(self, payload: bytes) -> None:
+        try:
+            doc = orjson.loads(payload)
+            device, classes = (
+                str(doc["device"]),
+                {str(k): int(v) for k, v in doc["classes"].items()},
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            return
+        if device in self.devices:
+            self.calibrations[device] = classes
+            if self.on_calibration is not None:
+                self.on_calibration(device, classes)
 
     def publish(
         self, streams: Iterable[Iterator[Chunk]], progress: Callable[[int], None] | None = None
@@ -122,6 +150,8 @@ class Runner:
                     self.truth.record(chunk, time.perf_counter())
                 if not self.publisher.send(chunk, self.stop):
                     break
+                for activity, start, end in chunk.labels_after:
+                    self.publisher.send_label(chunk.device, activity, start, end)
                 if self.settings.compare:
                     self.counters[chunk.device].add(chunk.t)
                 if progress is not None:
@@ -172,6 +202,11 @@ class Runner:
             samples_per_second=round(pub.samples / seconds, 1) if pub and seconds else None,
             speed="max" if math.isinf(self.settings.speed) else self.settings.speed,
             service_errors=dict(self.service_errors),
+            **(
+                {}
+                if self.settings.calibrate_seconds is None
+                else {"labels_sent": pub.labels if pub else 0, "calibrations": self.calibrations}
+            ),
             interrupted=self.interrupted,
             **extra,
         )

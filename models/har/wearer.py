@@ -60,6 +60,13 @@ class ScoredStream:
     smoothed: np.ndarray
 
 
+def scored_after_labels(seconds_into: np.ndarray | float) -> np.ndarray:
+    """Whether a window starting ``seconds_into`` its activity is scored after calibration
+    (offline here, live by ``harstream replay --calibrate-seconds``): from
+    :data:`SCORE_FROM_S` on, so no scored window shares a sample with the labels."""
+    return np.asarray(seconds_into) >= SCORE_FROM_S
+
+
 def subject_seed(seed: int, subject: str) -> int:
     """The segment-order seed of one subject: stable across runs and subject selections."""
     return seed + zlib.crc32(subject.encode())
@@ -164,7 +171,7 @@ def calibrated_report(
     keys = ("plain", "plain_stream", "cal", "stream", "stream_default")
     hits: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for s in scored:
-        mask = s.stream.offset >= SCORE_FROM_S * RATE_HZ
+        mask = scored_after_labels(s.stream.offset / RATE_HZ)
         truth = s.stream.label[mask]
         calibrated = calibration.apply(fits[s.stream.subject], s.emb, s.probs)
         for key, probs in (
@@ -177,7 +184,10 @@ def calibrated_report(
             hits[key].append(probs[mask].argmax(axis=1) == truth)
     pooled = {k: np.concatenate(v) for k, v in hits.items()}
     n = int(
-        sum((s.stream.offset >= SCORE_FROM_S * RATE_HZ).sum() for s in filter(_file_order, scored))
+        sum(
+            scored_after_labels(s.stream.offset / RATE_HZ).sum()
+            for s in filter(_file_order, scored)
+        )
     )
     if n == 0:
         log.warning(

@@ -31,6 +31,8 @@ def test_demo_runs_for_its_duration_and_cleans_up() -> None:
     assert all(f"sim-00{i}" in out for i in range(3))
     assert "SIMULATED" in out
     assert "raw window" in out  # the smoothed answer is shown beside the window's own
+    assert "calibration: sim-000 is calibrated from its labels" in out  # 6 s of labels
+    assert re.search(r"^sim-000 cal ", out, re.MULTILINE)  # its calibrated predictions
     counts = re.search(r"windows expected (\d+), received (\d+)", out)
     expected, received = int(counts.group(1)), int(counts.group(2))
     assert expected >= 3 * 5  # 3 devices for 10 s: windows 4, 5, 6, ... s after each start
