@@ -29,6 +29,7 @@ GROUPS = {
 # Every command of these groups writes PNGs (curves, confusion matrices: matplotlib), and
 # the classifiers' baselines and text metrics use scikit-learn: the `train` extra.
 NEEDS_TRAIN_EXTRA = ("train", "evaluate", "experiment")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Real-time activity recognition over MQTT with jit-compiled JAX/Flax models.",
     )
     parser.add_argument("--version", action="version", version=f"harstream {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction] = {"": top}
     for name, help_text in GROUPS.items():
@@ -51,14 +51,46 @@ def build_parser() -> argparse.ArgumentParser:
     # the tools; imported statically, so a broken module is an error, never a missing command
     for area in (serve_cli, *(f.cli for f in families.FAMILIES), replay_cli, bench_cli):
         area.register(groups)
+    add_log_flags(parser, default="INFO")
     return parser
+
+
+def add_log_flags(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """``-v`` and ``--log-level`` on ``parser`` and, recursively, on every subcommand.
+
+    Only the top level has a default: argparse copies a subcommand's defaults over what the
+    top level parsed, so ``harstream -v serve`` would otherwise lose its ``-v``.
+    """
+    kwargs = {"default": default} if default else {"default": argparse.SUPPRESS}
+    group = parser.add_argument_group("logging")
+    group.add_argument(
+        "-v",
+        "--verbose",
+        dest="log_level",
+        action="store_const",
+        const="DEBUG",
+        help="debug logging (--log-level debug)",
+        **kwargs,
+    )
+    group.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        metavar="LEVEL",
+        help=f"log level: {', '.join(level.lower() for level in LOG_LEVELS)} (default info)",
+        **kwargs,
+    )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in {id(p): p for p in action.choices.values()}.values():
+                add_log_flags(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``harstream`` console script."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # JAX reports at INFO that it found no TPU/GPU plugin; on a CPU machine that is noise.
