@@ -91,7 +91,12 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
     if unknown:
         raise ConfigError(f"unknown keys in the config file: {', '.join(unknown)}")
     values = resolve(SERVE_OPTIONS, args, toml, env)
-    broker = broker_config(args, default_client_id=default_client_id("serve"), toml=toml, env=env)
+    broker = broker_config(
+        args,
+        default_client_id=serve_client_id(values["prefix"], values["families"]),
+        toml=toml,
+        env=env,
+    )
     state_file = values.pop("state_file")
     if state_file is None:
         state_file = default_state_file(broker.client_id, env)
@@ -106,6 +111,19 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = N
         calibration_store=Path(store) if store else None,
         **values,
     )
+
+
+def serve_client_id(prefix: str, families: list[str] | None) -> str:
+    """The default client id: one per host, prefix and families, stable across restarts.
+
+    The default prefix serving every family keeps the plain ``harstream-serve-<host>`` (so
+    its persistent session and state file survive an upgrade); any other pair gets a hash
+    of it appended, so that two services on one broker never share an id.
+    """
+    default_prefix = next(o.default for o in SERVE_OPTIONS if o.name == "prefix")
+    if prefix == default_prefix and families is None:
+        return default_client_id("serve")
+    return default_client_id("serve", (prefix, *sorted(families or ("*",))))
 
 
 class JsonFormatter(logging.Formatter):

@@ -19,10 +19,11 @@ method overridden), so that a paho upgrade needs no change here.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,14 @@ BROKER_OPTIONS: tuple[Option, ...] = (
     Option("cert_file", "path", None, "client certificate file for TLS client auth", "FILE"),
     Option("key_file", "path", None, "private key of --cert-file", "FILE"),
     Option("mqtt_version", "str", "5", "MQTT protocol version", "VERSION", ("3.1.1", "5")),
-    Option("client_id", "str", None, "stable MQTT client id (keeps the persistent session)"),
+    Option(
+        "client_id",
+        "str",
+        None,
+        "stable MQTT client id (keeps the persistent session); serve's default is "
+        "harstream-serve-<host>, with a short hash of --prefix and --families appended "
+        "unless both are the defaults; give each process on one broker its own",
+    ),
     Option("keepalive", "int", 30, "MQTT keepalive in seconds", "SECONDS"),
     Option("max_inflight", "int", 1000, "unacknowledged QoS 1 messages allowed in flight", "N"),
     Option(
@@ -196,10 +204,19 @@ def read_password_file(path: Path) -> str:
     return password
 
 
-def default_client_id(tool: str) -> str:
-    """A stable per-host client id such as ``harstream-serve-myhost``."""
+def default_client_id(tool: str, scope: Sequence[str] = ()) -> str:
+    """A stable client id such as ``harstream-serve-myhost``.
+
+    ``scope`` names what sets one process of ``tool`` apart from another on the same host
+    (``serve``: its prefix and families); when given, a short hash of it is appended
+    (``harstream-serve-myhost-3f2a9c``), so that two such processes on one broker do not
+    take over each other's session, while a restart of the same one keeps its id.
+    """
     host = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-_.")[:40]
-    return f"harstream-{tool}-{host or 'host'}"
+    client_id = f"harstream-{tool}-{host or 'host'}"
+    if scope:
+        client_id += "-" + hashlib.sha256("\0".join(scope).encode()).hexdigest()[:6]
+    return client_id
 
 
 def set_nodelay(sock: Any) -> None:

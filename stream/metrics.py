@@ -75,6 +75,12 @@ class ServiceMetrics:
             "without saving it, or expired): readings published meanwhile were lost",
             registry=r,
         )
+        self.client_id_conflicts = Counter(
+            "harstream_client_id_conflicts",
+            "times another client was seen taking over the service's client id (each "
+            "starts a spell of slow reconnects until a connection lasts again)",
+            registry=r,
+        )
         self.broker_dropped = Gauge(
             "harstream_broker_dropped_messages",
             "messages the broker says it dropped on full client queues ($SYS, Mosquitto); "

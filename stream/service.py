@@ -36,10 +36,16 @@ import orjson
 import paho.mqtt.client as mqtt
 
 from harstream.models.runtime import default_inference_threads, set_cpu_threads
-from harstream.stream import contract, state
+from harstream.stream import contract, state, takeover
 from harstream.stream.broker import EmbeddedBroker, is_listening
 from harstream.stream.config import ConfigError, ServeConfig
-from harstream.stream.connection import BrokerConfig, connect, make_client
+from harstream.stream.connection import (
+    RECONNECT_MAX_S,
+    RECONNECT_MIN_S,
+    BrokerConfig,
+    connect,
+    make_client,
+)
 from harstream.stream.devices import BufferTable
 from harstream.stream.engine import DeviceSink, InferenceWorker
 from harstream.stream.metrics import FamilyMetrics, ServiceMetrics
@@ -128,6 +134,7 @@ class Service:
         self._handling = threading.Lock()
         self._started = False
         self._connected_before = False
+        self._takeover = takeover.TakeoverGuard()
         self._subscribed = threading.Event()
         self._pending_sub: set[int] = set()
         self._sys_mid: int | None = None
@@ -336,8 +343,14 @@ class Service:
             return
         self._subscribed.clear()  # until the broker acknowledges the subscription below
         self.metrics.connects.inc()
+        self._takeover.connected(time.monotonic())
         cfg = self.broker_config
-        log.info("event=connected broker=%s session_present=%s", cfg.url, flags.session_present)
+        log.log(
+            logging.DEBUG if self._takeover.conflict else logging.INFO,
+            "event=connected broker=%s session_present=%s",
+            cfg.url,
+            flags.session_present,
+        )
         if self._connected_before and not flags.session_present:
             # The broker forgot the session it held for us: what devices published between
             # its restart and the resubscribe below matched no subscription and is gone.
@@ -374,10 +387,29 @@ class Service:
             self._pending_sub.discard(mid)
             self._subscribed.set()
 
-    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if not self._closing:
-            url = self.broker_config.url
-            log.warning("event=disconnected broker=%s reason=%s; reconnecting", url, reason)
+    def _on_disconnect(self, client: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if self._closing:
+            return
+        cfg = self.broker_config
+        if self._takeover.disconnected(time.monotonic(), reason.value):
+            self.metrics.client_id_conflicts.inc()
+            log.warning(
+                "event=client_id_conflict broker=%s client_id=%s: another client uses client "
+                "id %s, and the broker drops one connection whenever the other connects; give "
+                "each service its own --client-id. Reconnecting every %.0f s meanwhile",
+                cfg.url,
+                cfg.client_id,
+                cfg.client_id,
+                takeover.CONFLICT_DELAY_S,
+            )
+        if self._takeover.conflict:
+            # paho waits the minimum delay after each successful connect: raise it while the
+            # two clients take turns, restore it once a connection lasts
+            client.reconnect_delay_set(takeover.CONFLICT_DELAY_S, RECONNECT_MAX_S)
+            log.debug("event=disconnected broker=%s reason=%s", cfg.url, reason)
+            return
+        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        log.warning("event=disconnected broker=%s reason=%s; reconnecting", cfg.url, reason)
 
     def _on_message(self, client: Any, _userdata: Any, msg: Any) -> None:
         with self._handling:

@@ -10,7 +10,12 @@ import pytest
 from harstream.cli import build_parser
 from harstream.stream.cli import config_from_args
 from harstream.stream.config import ConfigError, ServeConfig, default_state_file
-from harstream.stream.connection import BrokerConfig, broker_config, parse_broker_url
+from harstream.stream.connection import (
+    BrokerConfig,
+    broker_config,
+    default_client_id,
+    parse_broker_url,
+)
 from harstream.stream.service import Service, build_routes
 
 
@@ -42,6 +47,71 @@ def test_the_state_file_defaults_to_a_per_user_path_and_empty_turns_it_off(tmp_p
     home = default_state_file("c", {}).parts[-4:]
     assert home == (".local", "state", "harstream", "c.state")
     assert ServeConfig().state_file is None  # in-process services save nothing unless asked
+
+
+def test_the_default_client_id_differs_per_prefix_and_families_and_is_stable(tmp_path):
+    env = {"XDG_STATE_HOME": str(tmp_path)}
+
+    def client_id(*argv: str) -> str:
+        return config_from_args(serve_args(*argv), env).broker.client_id
+
+    plain = client_id()  # the default prefix and families keep the id of earlier versions
+    assert plain == default_client_id("serve")
+    ids = {
+        plain,
+        client_id("--prefix", "lab"),
+        client_id("--prefix", "lab", "--families", "har"),
+        client_id("--families", "har"),
+    }
+    assert len(ids) == 4
+    assert client_id("--prefix", "lab", "--families", "text,har") == client_id(
+        "--prefix", "lab", "--families", "har,text"
+    )
+    lab = client_id("--prefix", "lab")
+    assert lab.startswith(plain + "-") and len(lab) == len(plain) + 7
+    assert all(c.isalnum() or c in "-_." for c in lab)
+    state = config_from_args(serve_args("--prefix", "lab"), env).state_file
+    assert state == tmp_path / "harstream" / f"{lab}.state"
+    assert client_id("--prefix", "lab", "--client-id", "mine") == "mine"
+
+
+@pytest.mark.parametrize(
+    ("argv", "level"),
+    [
+        (["serve"], "INFO"),
+        (["-v", "serve"], "DEBUG"),
+        (["serve", "-v"], "DEBUG"),
+        (["serve", "--log-level", "warning"], "WARNING"),
+        (["--log-level", "error", "serve"], "ERROR"),
+        (["train", "har", "--data", "d", "--verbose"], "DEBUG"),
+    ],
+)
+def test_log_flags_work_before_and_after_the_subcommand(argv, level):
+    assert build_parser().parse_args(argv).log_level == level
+
+
+def test_log_level_sets_the_root_logger(tmp_path, monkeypatch):
+    import logging
+
+    from harstream import cli
+
+    seen = {}
+    monkeypatch.setattr(logging, "basicConfig", lambda **kw: seen.update(kw))
+    # an invalid configuration: serve returns 2 before it connects anywhere
+    bad = tmp_path / "bad.toml"
+    bad.write_text("no_such_key = 1\n")
+    assert cli.main(["serve", "--log-level", "debug", "--config", str(bad)]) == 2
+    assert seen["level"] == "DEBUG"
+    assert cli.main(["serve", "-v", "--config", str(bad)]) == 2 and seen["level"] == "DEBUG"
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--log-level", "loud"])
+
+
+def test_serve_help_accepts_verbose_after_the_subcommand(capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["serve", "-v", "--help"])
+    assert exc.value.code == 0
+    assert "--log-level LEVEL" in capsys.readouterr().out
 
 
 def test_the_calibration_store_defaults_beside_the_state_files_and_empty_turns_it_off(tmp_path):
