@@ -280,8 +280,23 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     Option("idle_ttl", "float", 300.0, "evict a device's buffer after this idle time", "SECONDS"),
     Option("max_payload", "int", 65536, "largest accepted payload", "BYTES"),
     Option("qos", "int", 1, "QoS of published predictions and errors", "0|1"),
-    Option("metrics_port", "int", None, "serve Prometheus metrics on this port", "PORT"),
-    Option("metrics_host", "str", "127.0.0.1", "address of the metrics endpoint", "HOST"),
+    Option(
+        "metrics_port",
+        "int",
+        None,
+        "serve Prometheus /metrics, and /healthz and /readyz, on this port",
+        "PORT",
+    ),
+    Option(
+        "health_port",
+        "int",
+        None,
+        "serve /healthz and /readyz (without /metrics) on this port",
+        "PORT",
+    ),
+    Option(
+        "metrics_host", "str", "127.0.0.1", "address of the metrics and health endpoints", "HOST"
+    ),
     Option(
         "embedded_broker",
         "bool",
@@ -379,6 +394,7 @@ class ServeConfig:
     max_payload: int = _default("max_payload")
     qos: int = _default("qos")
     metrics_port: int | None = _default("metrics_port")
+    health_port: int | None = _default("health_port")
     metrics_host: str = _default("metrics_host")
     embedded_broker: bool = _default("embedded_broker")
     connect_timeout: float = _default("connect_timeout")
@@ -409,6 +425,10 @@ class ServeConfig:
             (self.idle_ttl > 0, f"idle_ttl must be > 0, got {self.idle_ttl}"),
             (self.max_payload >= 16, f"max_payload must be >= 16, got {self.max_payload}"),
             (self.qos in (0, 1), f"qos must be 0 or 1, got {self.qos}"),
+            (
+                not (self.health_port and self.health_port == self.metrics_port),
+                "health_port must differ from metrics_port (which serves /healthz and /readyz too)",
+            ),
             (self.connect_timeout > 0, "connect_timeout must be > 0"),
             (self.slow_handler_ms > 0, f"slow_handler_ms must be > 0, got {self.slow_handler_ms}"),
             (self.stop_timeout > 0, f"stop_timeout must be > 0, got {self.stop_timeout}"),

@@ -8,9 +8,7 @@ message.
 
 from __future__ import annotations
 
-from typing import Any
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 SECONDS_BUCKETS = (
@@ -113,7 +111,6 @@ class ServiceMetrics:
             buckets=SECONDS_BUCKETS,
             registry=r,
         )
-        self._server: Any = None
 
     def family(self, name: str) -> FamilyMetrics:
         """Pre-bound children for one route."""
@@ -123,19 +120,6 @@ class ServiceMetrics:
         """Current value of a sample (e.g. ``harstream_predictions_total``), 0 when unset."""
         got = self.registry.get_sample_value(name, labels)
         return 0.0 if got is None else got
-
-    def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Expose ``/metrics`` over HTTP; returns the bound port (``port=0`` picks one)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._server = server
-        return server.server_address[1]
-
-    def close(self) -> None:
-        """Stop the HTTP endpoint, if started."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
 
 class FamilyMetrics:

@@ -48,6 +48,7 @@ from harstream.stream.connection import (
 )
 from harstream.stream.devices import BufferTable
 from harstream.stream.engine import DeviceSink, InferenceWorker
+from harstream.stream.health import HttpEndpoints, Response, metrics_endpoint, probe
 from harstream.stream.metrics import FamilyMetrics, ServiceMetrics
 from harstream.stream.payloads import error_payload
 from harstream.stream.ratelimit import RATE_LIMITED, RATE_LIMITED_MESSAGES, RateLimit
@@ -124,6 +125,8 @@ class Service:
         self.broker_config: BrokerConfig = config.broker or BrokerConfig()
         self.metrics = ServiceMetrics()
         self.metrics_port: int | None = None
+        self.health_port: int | None = None
+        self._http: list[HttpEndpoints] = []
         self.embedded_broker: EmbeddedBroker | None = None
         self._routes = routes
         self._predictors = predictors
@@ -153,7 +156,19 @@ class Service:
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> Service:
-        """Load models, connect, subscribe; returns once subscribed (or raises)."""
+        """Load models, connect, subscribe; returns once subscribed (or raises).
+
+        The HTTP endpoints start first, so that a supervisor sees the process alive
+        (``/healthz``) and not yet ready (``/readyz``) while the models compile.
+        """
+        self._serve_http()
+        try:
+            return self._start()
+        except BaseException:
+            self._close_http()
+            raise
+
+    def _start(self) -> Service:
         threads = self.config.inference_threads
         if not set_cpu_threads(threads or default_inference_threads()) and threads:
             log.warning("event=inference_threads_unchanged threads=%d: JAX had started", threads)
@@ -223,10 +238,6 @@ class Service:
                 f"could not connect and subscribe to the MQTT broker at {cfg.url} within "
                 f"{self.config.connect_timeout:g} s; is it running? (see --broker)"
             )
-        if self.config.metrics_port is not None:
-            host = self.config.metrics_host
-            self.metrics_port = self.metrics.serve(self.config.metrics_port, host)
-            log.info("event=metrics url=http://%s:%d/metrics", host, self.metrics_port)
         log.info(
             "event=serving broker=%s client_id=%s families=%s models=%s hop=%d max_batch=%d",
             cfg.url,
@@ -285,13 +296,46 @@ class Service:
             if clean:  # joining paho's thread would wait forever for a stuck handler
                 client.loop_stop()
         self._watch.stop()
-        self.metrics.close()
+        self._close_http()
         if self.embedded_broker is not None:
             self.embedded_broker.stop()
             self.embedded_broker = None
         self._stop_requested.set()
         log.info("event=stopped clean=%s", clean)
         return clean
+
+    def liveness(self) -> Response:
+        """``/healthz``: 503 while a message handler has run longer than --slow-handler-ms
+        (the MQTT thread is stuck: every device waits), else 200."""
+        running = self._watch.running()
+        if running is not None and running[1] > self._watch.bound_s:
+            topic, running_s = running
+            return probe(
+                False,
+                {
+                    "alive": False,
+                    "reason": "message handler stuck",
+                    "topic": topic[:200],
+                    "running_s": round(running_s, 1),
+                },
+            )
+        return probe(True, {"alive": True})
+
+    def readiness(self) -> Response:
+        """``/readyz``: 200 once the models are compiled and the service is connected and
+        subscribed, else 503 with the first reason it is not."""
+        client = self._client
+        if self._closing:
+            reason = "stopping"
+        elif not self._started:
+            reason = "starting: loading and compiling models"
+        elif client is None or not client.is_connected():
+            reason = "not connected"
+        elif not self._subscribed.is_set():
+            reason = "not subscribed"
+        else:
+            return probe(True, {"ready": True})
+        return probe(False, {"ready": False, "reason": reason})
 
     def wait_subscribed(self, timeout: float) -> bool:
         """Whether the service is subscribed (again, after a reconnect) within ``timeout``."""
@@ -334,6 +378,27 @@ class Service:
                 "time": time.time(),
             }
         )
+
+    def _serve_http(self) -> None:
+        """``/healthz`` and ``/readyz`` on --metrics-port (beside ``/metrics``) and on
+        --health-port (alone), both on --metrics-host."""
+        host = self.config.metrics_host
+        probes = {"/healthz": self.liveness, "/readyz": self.readiness}
+        if self.config.metrics_port is not None:
+            metrics = metrics_endpoint(self.metrics.registry)
+            server = HttpEndpoints(host, self.config.metrics_port, {**probes, "/metrics": metrics})
+            self._http.append(server)
+            self.metrics_port = server.port
+            log.info("event=metrics url=http://%s:%d/metrics", host, server.port)
+        if self.config.health_port is not None:
+            server = HttpEndpoints(host, self.config.health_port, probes)
+            self._http.append(server)
+            self.health_port = server.port
+            log.info("event=health url=http://%s:%d/healthz", host, server.port)
+
+    def _close_http(self) -> None:
+        while self._http:
+            self._http.pop().close()
 
     # ---------------------------------------------------------------- MQTT callbacks
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import defaultdict
 
@@ -141,3 +143,16 @@ def assert_smoothed(client: Client, device: str, restarts: tuple[int, ...] = ())
         assert got["confidence"] == pytest.approx(want.pop("confidence"), rel=1e-9)
         assert {k: got[k] for k in want} == want and len(got) == len(want) + 1
     return states
+
+
+def http_get(port: int, path: str) -> tuple[int, object]:
+    """Status and body (parsed where it is JSON) of a GET on a loopback port."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            status, body = r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body

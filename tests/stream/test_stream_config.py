@@ -219,6 +219,7 @@ def test_serve_help_lists_every_flag(capsys):
         "--max-batch",
         "--max-wait-ms",
         "--metrics-port",
+        "--health-port",
         "--config",
         "--model",
         "--broker",

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import orjson
 import pytest
-from bus_client import T0, service_broker
+from bus_client import T0, http_get, service_broker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -311,13 +311,19 @@ def test_an_internal_error_reaches_the_device_and_logs_one_traceback_a_minute(
 def test_a_stuck_handler_is_reported_and_stop_still_ends(broker, har_predictor, prefix, device):
     release = threading.Event()
     route = failing_route(har_route(har_predictor, prefix), b"hang", lambda: release.wait(60))
-    service = start_service(broker, prefix, [route], slow_handler_ms=100, stop_timeout=2)
+    service = start_service(
+        broker, prefix, [route], slow_handler_ms=100, stop_timeout=2, health_port=0
+    )
     try:
+        assert http_get(service.health_port, "/healthz") == (200, {"alive": True})
         device.publish("stuck", b"hang")
         deadline = time.monotonic() + 10
         while service.metrics.value("harstream_slow_handlers_total") < 1:
             assert time.monotonic() < deadline, "the stuck handler was not reported"
             time.sleep(0.05)
+        status, body = http_get(service.health_port, "/healthz")
+        assert status == 503 and body["reason"] == "message handler stuck", body
+        assert body["topic"] == f"{prefix}/stuck/accel" and body["running_s"] >= 0.1
         began = time.monotonic()
         clean = service.stop()
         assert not clean and time.monotonic() - began < 6.0

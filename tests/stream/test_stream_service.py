@@ -11,13 +11,14 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from bus_client import T0, WAIT, Client, assert_smoothed, service_broker
+from bus_client import T0, WAIT, Client, assert_smoothed, http_get, service_broker
 
 from harstream.bench.mqtt_wire import WireClient
 from harstream.stream.broker import (
@@ -88,6 +89,20 @@ def test_many_devices_are_batched_and_metrics_are_served(serve, device):
         "harstream_devices_active",
     ):
         assert name.encode() in body, name
+    assert http_get(service.metrics_port, "/healthz") == (200, {"alive": True})
+    assert http_get(service.metrics_port, "/readyz") == (200, {"ready": True})
+    assert http_get(service.metrics_port, "/nothing")[0] == 404
+
+
+def test_health_port_alone_serves_the_probes_but_not_metrics(serve):
+    service = serve(health_port=0)
+    assert service.metrics_port is None
+    assert http_get(service.health_port, "/healthz") == (200, {"alive": True})
+    assert http_get(service.health_port, "/readyz") == (200, {"ready": True})
+    assert http_get(service.health_port, "/metrics")[0] == 404
+    service.stop()
+    with pytest.raises(urllib.error.URLError):
+        http_get(service.health_port, "/healthz")
 
 
 def test_50hz_stream_is_resampled_to_20hz(serve, device):
@@ -172,15 +187,22 @@ def test_service_reconnects_when_the_broker_restarts(har_predictor, prefix, vers
     own.start()
     cfg = service_broker(own.host, own.port, version, prefix)
     service = Service(
-        ServeConfig(broker=cfg, prefix=prefix, families=["har"], max_batch=16),
+        ServeConfig(broker=cfg, prefix=prefix, families=["har"], max_batch=16, health_port=0),
         predictors={"har": har_predictor},
     ).start()
     dev = Client(own.host, own.port, prefix, version)
     try:
+        assert http_get(service.health_port, "/readyz") == (200, {"ready": True})
         dev.samples("d", 0, 80)
         dev.wait_for("d", 1)
         dev._subscribed.clear()
         own.stop(kill=True)
+        deadline = time.monotonic() + WAIT
+        while (ready := http_get(service.health_port, "/readyz"))[0] == 200:
+            assert time.monotonic() < deadline, "still ready with the broker gone"
+            time.sleep(0.05)
+        assert ready == (503, {"ready": False, "reason": "not connected"})
+        assert http_get(service.health_port, "/healthz") == (200, {"alive": True})
         own.start()
         deadline = time.monotonic() + WAIT
         while service.metrics.value("harstream_broker_connects_total") < 2:
@@ -188,6 +210,7 @@ def test_service_reconnects_when_the_broker_restarts(har_predictor, prefix, vers
             time.sleep(0.05)
         # the broker lost every session: publish only once both are subscribed again
         assert service.wait_subscribed(WAIT) and dev._subscribed.wait(WAIT)
+        assert http_get(service.health_port, "/readyz") == (200, {"ready": True})
         dev.samples("d", 80, 20)
         # QoS 1 is at least once: the first prediction may come again if its PUBACK died
         # with the broker, so look for the new one by its seq
