@@ -144,6 +144,7 @@ def test_the_calibration_store_defaults_beside_the_state_files_and_empty_turns_i
         (["--device-rate-margin", "-1"], {}, "", "device_rate_margin must be"),
         ([], {"HARSTREAM_DEVICE_BURST": "0"}, "", "device_burst must be"),
         (["--state-max-age", "0"], {}, "", "state_max_age must be"),
+        (["--metrics-port", "9108", "--health-port", "9108"], {}, "", "health_port must differ"),
     ],
 )
 def test_bad_settings_name_their_source(tmp_path, argv, env, toml, match):
