@@ -31,12 +31,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from harstream.stream.metrics import FamilyMetrics
+from harstream.stream.notices import Tally
 from harstream.stream.ratelimit import RATE_LIMITED, DeviceBucket
 from harstream.stream.routes import Extra, Route
 
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes, bool], None]  # topic, payload, retain
+DropNotify = Callable[[str, str, int, str], None]  # id, reason, count since the last, detail
 
 
 class Ready(NamedTuple):
@@ -186,10 +188,14 @@ class DeviceSink:
     """What a device's buffer sees of the engine: ``emit`` ready inputs, report ``drop``s.
 
     With a ``bucket`` (:class:`stream.ratelimit.DeviceBucket`), an input the id has no token
-    for is dropped here, before the queue, and counted as ``rate_limited``.
+    for is dropped here, before the queue, and counted as ``rate_limited``. The buffer's own
+    drops (``drop``: HAR's ``gap``, ``duplicate``, ``out_of_order``) are the id's doing:
+    with ``notify`` they are also told to the id, at most once per reason per
+    :data:`~stream.notices.NOTICE_EVERY_S` (``notify(id, reason, count since the last
+    notice, detail)``).
     """
 
-    __slots__ = ("_device", "_submit", "_metrics", "_admit")
+    __slots__ = ("_device", "_submit", "_metrics", "_admit", "_notify", "_tallies")
 
     def __init__(
         self,
@@ -197,11 +203,14 @@ class DeviceSink:
         worker: InferenceWorker,
         metrics: FamilyMetrics,
         bucket: DeviceBucket | None = None,
+        notify: DropNotify | None = None,
     ) -> None:
         self._device = device
         self._submit = worker.submit
         self._metrics = metrics
         self._admit = None if bucket is None else bucket.admit
+        self._notify = notify
+        self._tallies: dict[str, Tally] = {}
 
     def emit(self, x: np.ndarray, info: Any, received: float) -> None:
         if self._admit is not None and not self._admit(received):
@@ -209,5 +218,13 @@ class DeviceSink:
             return
         self._submit(Ready(self._device, x, info, received))
 
-    def drop(self, reason: str, n: int = 1) -> None:
+    def drop(self, reason: str, n: int = 1, detail: str = "") -> None:
         self._metrics.drop(reason, n)
+        if self._notify is None:
+            return
+        tally = self._tallies.get(reason)
+        if tally is None:
+            tally = self._tallies[reason] = Tally()
+        count = tally.add(n, time.perf_counter())
+        if count:
+            self._notify(self._device, reason, count, detail)

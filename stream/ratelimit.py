@@ -24,7 +24,8 @@ inputs per second: HAR ``rate_hz / hop``, 20 / 20 = 1 window/s; text and series 
 
 Each dropped input counts as ``harstream_drops_total{reason="rate_limited"}``; the id is
 told on ``<prefix>/<id>/errors`` (error ``rate_limited``) at most once per
-:data:`NOTICE_EVERY_S`, with the count dropped since its last notice. Per id the state is
+:data:`~harstream.stream.notices.NOTICE_EVERY_S`, with the count dropped since its last
+notice (:mod:`stream.notices`). Per id the state is
 six slots and :meth:`DeviceBucket.admit` is O(1); a bucket lives in the id's sink, so it is
 evicted with the id's buffer (and starts full when the id comes back).
 """
@@ -35,14 +36,13 @@ import logging
 import math
 from collections.abc import Callable
 
+from harstream.stream.notices import NOTICE_EVERY_S, Tally
 from harstream.stream.watchdog import LogLimiter
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MARGIN = 25.0
 DEFAULT_BURST_S = 120.0
-# at most one rate_limited error per id per 10 s: a flooding id's notices cost nothing
-NOTICE_EVERY_S = 10.0
 RATE_LIMITED = "rate_limited"  # the error kind and the drop reason (model inputs)
 # the drop reason of whole messages from an id already over its share, dropped undecoded
 RATE_LIMITED_MESSAGES = "rate_limited_messages"
@@ -126,15 +126,14 @@ class DeviceBucket:
     whose table would keep every id that ever flooded: here it goes with the id's buffer.
     """
 
-    __slots__ = ("_limit", "_device", "_tokens", "_last", "_dropped", "_next_notice")
+    __slots__ = ("_limit", "_device", "_tokens", "_last", "_dropped")
 
     def __init__(self, limit: RateLimit, device: str) -> None:
         self._limit = limit
         self._device = device
         self._tokens = limit.capacity
         self._last = -math.inf
-        self._dropped = 0
-        self._next_notice = -math.inf
+        self._dropped = Tally()
 
     def admit(self, now: float) -> bool:
         """Take a token at ``now``; without one, count the drop and maybe notify the id."""
@@ -166,8 +165,6 @@ class DeviceBucket:
         return self._tokens
 
     def _count_drop(self, now: float) -> None:
-        self._dropped += 1
-        if now >= self._next_notice:
-            self._limit.notify(self._device, self._dropped)
-            self._dropped = 0
-            self._next_notice = now + self._limit.notice_every_s
+        count = self._dropped.add(1, now, self._limit.notice_every_s)
+        if count:
+            self._limit.notify(self._device, count)

@@ -22,8 +22,11 @@ Contract for the pieces (all run on the MQTT network thread except ``encode``):
   (``mono``, for latency); it returns how many samples/items it accepted and calls
   ``sink.emit(x, info, mono)`` for each model input that became ready (``x`` an array of
   the predictor's ``item_shape``, owned by the engine afterwards; ``info`` anything the
-  encoder needs, e.g. window times and a sequence number) and ``sink.drop(reason, n)`` for
-  input it dropped on purpose (out-of-order, duplicate, ...). It may raise PayloadError too.
+  encoder needs, e.g. window times and a sequence number) and ``sink.drop(reason, n,
+  detail)`` for input it dropped on purpose (out-of-order, duplicate, ...): the service
+  counts it and tells the id on ``<prefix>/<id>/errors`` (error ``reason``, with
+  ``detail`` saying what happened; rate-limited per id, see :mod:`stream.notices`). It
+  may raise PayloadError too.
   A buffer that holds state worth keeping across a planned restart also implements
   :class:`Restorable` (``snapshot`` / ``restore``).
 - ``predictor`` is a :class:`models.predictor.Predictor` (bucketed jit, pre-compiled).
@@ -72,7 +75,7 @@ class Sink(Protocol):
 
     def emit(self, x: np.ndarray, info: Any, received: float) -> None: ...
 
-    def drop(self, reason: str, n: int = 1) -> None: ...
+    def drop(self, reason: str, n: int = 1, detail: str = "") -> None: ...
 
 
 class Buffer(Protocol):

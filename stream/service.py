@@ -50,6 +50,7 @@ from harstream.stream.devices import BufferTable
 from harstream.stream.engine import DeviceSink, InferenceWorker
 from harstream.stream.health import HttpEndpoints, Response, metrics_endpoint, probe
 from harstream.stream.metrics import FamilyMetrics, ServiceMetrics
+from harstream.stream.notices import NOTICE_EVERY_S
 from harstream.stream.payloads import error_payload
 from harstream.stream.ratelimit import RATE_LIMITED, RATE_LIMITED_MESSAGES, RateLimit
 from harstream.stream.routes import Control, PayloadError, Restorable, Route, RouteUnavailable
@@ -725,9 +726,17 @@ class Service:
     def _buffer_factory(
         self, route: Route, worker: InferenceWorker, fm: FamilyMetrics, limit: RateLimit | None
     ) -> Any:
+        def notify(device: str, reason: str, count: int, detail: str) -> None:
+            message = (
+                f"{count} dropped as {reason} since the last such notice (one per "
+                f"{NOTICE_EVERY_S:g} s at most); the latest: {detail}"
+            )
+            in_topic = contract.topic(self.prefix, device, route.suffix)
+            self._report(self._served[route.suffix], device, reason, message, in_topic)
+
         def factory(device: str) -> Any:
             bucket = None if limit is None else limit.bucket(device)
-            return route.new_buffer(device, DeviceSink(device, worker, fm, bucket))
+            return route.new_buffer(device, DeviceSink(device, worker, fm, bucket, notify))
 
         return factory
 

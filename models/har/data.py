@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from harstream.models.har.timebase import to_seconds
+
 # WISDM 2019 activity codes (the "activity_key" of the data set); the reduced watch files
 # keep A B C D E M.
 WISDM2019_ACTIVITIES = {
@@ -283,29 +285,11 @@ class _Builder:
                     subject=subject,
                     device=device,
                     xyz=np.asarray(xyzs, np.float32).reshape(-1, 3),
-                    t=_to_seconds(np.asarray(ts, np.float64)) if has_t else None,
+                    t=to_seconds(np.asarray(ts, np.float64)) if has_t else None,
                     labels=np.asarray(labels, dtype=object) if has_labels else None,
                 )
             )
         return out
-
-
-def _to_seconds(t: np.ndarray) -> np.ndarray:
-    """Timestamps to seconds, inferring the unit from the typical step.
-
-    At ~20 Hz the step is ~0.05 s, 50 ms or 5e7 ns; WISDM files use nanoseconds, CSV
-    files from apps often milliseconds. A median step of >= 1e5 means ns, >= 1 means ms.
-    """
-    if t.size < 2:
-        return t
-    steps = np.diff(t)
-    steps = steps[steps > 0]
-    step = float(np.median(steps)) if steps.size else 0.0
-    if step >= 1e5:
-        return t / 1e9
-    if step >= 1.0:
-        return t / 1e3
-    return t
 
 
 def _parse_xyz(fields: list[str]) -> tuple[float, float, float] | None:

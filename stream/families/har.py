@@ -8,15 +8,19 @@ topic (:mod:`harstream.stream.families.har_labels`).
 
 Decode. Accepted accel payloads on ``<prefix>/<id>/accel`` (see docs/contract.md):
 
-- one sample: ``{"x": .., "y": .., "z": .., "t": <unix seconds, optional>}``;
-- a batch: ``{"samples": [[x, y, z], ...], "rate_hz": 20, "t0": <unix seconds>}``
+- one sample: ``{"x": .., "y": .., "z": .., "t": <time, optional>}``;
+- a batch: ``{"samples": [[x, y, z], ...], "rate_hz": 20, "t0": <time>}``
   (``rate_hz`` and ``t0`` optional) or rows ``[t, x, y, z]`` (in ``"samples"`` or as a bare
   top-level array);
 - binary, for high-rate devices: the 4-byte magic ``HSA1``, then little-endian float64
-  ``t0`` (unix seconds; NaN when the device has no clock), float32 ``rate_hz``, then
+  ``t0`` (a time as in JSON; NaN when the device has no clock), float32 ``rate_hz``, then
   ``n`` rows of three float32 ``x, y, z`` (so the payload is ``16 + 12 n`` bytes). Binary
   is recognised only by its magic; a payload whose MQTT 5 content type is
   :data:`BINARY_CONTENT_TYPE` must carry it too, so binary garbage is never read as samples.
+
+Times are unix time or time since the device started, in seconds, ms, us or ns: the unit
+is inferred per message by the loaders' rule (:mod:`harstream.models.har.timebase`), and
+the decoded times are seconds.
 
 Decoding returns :class:`Samples`, or raises :class:`~harstream.stream.routes.PayloadError`.
 
@@ -62,6 +66,7 @@ import numpy as np
 import orjson
 
 from harstream.models.har.smoothing import DeviceSmoother, SmootherParams
+from harstream.models.har.timebase import MAX_TIME_S, scale_by_size, time_scale
 from harstream.models.har.windows import RATE_HZ
 from harstream.stream.calibration_store import SqliteStore
 from harstream.stream.families.har_labels import (
@@ -105,10 +110,10 @@ _AXES = ("x", "y", "z")
 #   points per reading. 1000 Hz is above any consumer or industrial MEMS accelerometer.
 MIN_RATE_HZ = 5.0
 MAX_RATE_HZ = 1000.0
-# - Times: unix seconds or seconds since the device's boot, from 0 to 2100-01-01. The upper
-#   bound keeps a 50 ms step representable (float64 resolves 0.5 us there), and it tells a
-#   device that sends milliseconds (1.7e12) why its readings are refused.
-MAX_TIME_S = 4_102_444_800.0
+# - Times: unix time or time since the device's start, in seconds, ms, us or ns by the unit
+#   rule the file loaders use (models/har/timebase.py), then within 0 .. MAX_TIME_S seconds
+#   (2100-01-01). Per message: one time (``t``, ``t0``) by its size, rows of times by
+#   their size and their median step.
 # - Magnitudes: 10,000 m/s^2 is about 1,000 g, past the range of any accelerometer a
 #   wearable carries (+-16 g for a phone or watch, +-400 g for impact sensors). Larger values
 #   are a unit mistake or an attack, and above 3.4e38 they would not even fit the float32
@@ -176,25 +181,35 @@ def _looks_binary(payload: bytes) -> bool:
     return any(b < 9 for b in payload[:64])
 
 
-def check_time(t: float, what: str) -> float:
-    """``t`` if it is a plausible device time in seconds, else ``out_of_range``."""
-    if not 0.0 <= t <= MAX_TIME_S:
-        hint = " (milliseconds? send seconds)" if MAX_TIME_S < t <= MAX_TIME_S * 1e3 else ""
-        raise PayloadError(
-            "out_of_range",
-            f"{what} is {t:.6g}{hint}; times are seconds from 0 to {MAX_TIME_S:.0f} "
-            "(unix time or time since the device started)",
-        )
-    return t
+def device_time(t: float, what: str) -> float:
+    """A device's time ``t`` in seconds (unit by its size: a time past 2100-01-01 in seconds
+    is ms, us or ns), or ``out_of_range``."""
+    seconds = t / scale_by_size(t)
+    if not 0.0 <= seconds <= MAX_TIME_S:
+        raise _time_error(t, what)
+    return seconds
 
 
-def _check_times(times: np.ndarray) -> None:
-    """Every time finite and within :func:`check_time`'s range (one pass when all are)."""
+def _time_error(t: float, what: str) -> PayloadError:
+    return PayloadError(
+        "out_of_range",
+        f"{what} is {t:.6g}; times are unix time or time since the device started, in "
+        f"seconds, ms, us or ns (up to {MAX_TIME_S:.0f} s, 2100-01-01, in that unit)",
+    )
+
+
+def _device_times(times: np.ndarray) -> np.ndarray:
+    """Per-row times in seconds (unit by the rule of :func:`time_scale`), every one finite
+    and within 0 .. :data:`MAX_TIME_S`."""
+    scale = time_scale(times)
+    if scale != 1.0:
+        times = times / scale
     if times.min() >= 0.0 and times.max() <= MAX_TIME_S:  # False for NaN too
-        return
+        return times
     if not np.isfinite(times).all():
         raise PayloadError("non_finite", "sample times contain NaN or infinite values")
-    check_time(float(times[(times < 0.0) | (times > MAX_TIME_S)][0]), "a sample time")
+    bad = (times < 0.0) | (times > MAX_TIME_S)
+    raise _time_error(float(times[bad][0] * scale), "a sample time")
 
 
 def _check_magnitudes(xyz: np.ndarray) -> None:
@@ -225,7 +240,7 @@ def _decode_single(doc: dict[str, Any]) -> Samples:
         _check_magnitudes(np.array(row))
     xyz = np.array([row])
     t = doc.get("t")
-    times = None if t is None else np.array([check_time(number(t, "t"), "t")])
+    times = None if t is None else np.array([device_time(number(t, "t"), "t")])
     return Samples(xyz, times, DEFAULT_RATE_HZ)
 
 
@@ -260,12 +275,11 @@ def _decode_batch(rows: Any, rate_hz: Any, t0: Any, may_hold_bools: bool) -> Sam
             raise PayloadError("wrong_type", "give t0 or per-row times [t, x, y, z], not both")
         times, xyz = arr[:, 0], arr[:, 1:]
         _check_magnitudes(xyz)
-        _check_times(times)
-        return Samples(xyz, times, rate)
+        return Samples(xyz, _device_times(times), rate)
     _check_magnitudes(arr)
     times = None
     if t0 is not None:
-        times = check_time(number(t0, "t0"), "t0") + np.arange(arr.shape[0]) / rate
+        times = device_time(number(t0, "t0"), "t0") + np.arange(arr.shape[0]) / rate
     return Samples(arr, times, rate)
 
 
@@ -309,13 +323,19 @@ def _decode_binary(payload: bytes) -> Samples:
     if not math.isnan(t0):
         if not math.isfinite(t0):
             raise PayloadError("binary_garbage", f"binary header has an invalid t0 {t0}")
-        times = check_time(t0, "t0") + np.arange(arr.shape[0]) / rate
+        times = device_time(t0, "t0") + np.arange(arr.shape[0]) / rate
     return Samples(arr, times, float(rate))
 
 
 # --- buffer: one device's readings -> model windows -----------------------------------------------
 
 SNAP_TOLERANCE_S = 0.001
+# What a device is told when its readings are dropped (see stream.notices)
+DUPLICATE = "a reading with the same time as the one before it (sent twice?)"
+OUT_OF_ORDER = "a reading earlier than the one before it: send readings in time order"
+SWITCHED = "the device switched between timed and untimed readings"
+# A time below this (2001-09-09 as unix time) is time since the device started
+SINCE_START_BELOW_S = 1e9
 
 
 class WindowInfo(NamedTuple):
@@ -406,7 +426,7 @@ class WindowBuffer:
             if len(times) > 1:
                 self._check_density(times, self._prev_t if self._timed else None)
         if self._timed is not None and timed != self._timed:
-            self._restart()
+            self._restart(SWITCHED)
         self._timed = timed
         if timed:
             if self._on_grid(times):
@@ -547,12 +567,19 @@ class WindowBuffer:
         grid = first + np.arange(len(times)) * self._dt
         return bool(np.abs(times - grid).max() <= SNAP_TOLERANCE_S)
 
-    def _restart(self) -> None:
+    def _restart(self, why: str) -> None:
+        """Start a new window (and segment) because of ``why``; the partial window's
+        samples are dropped as ``gap``."""
         # The next window starts a new segment: the inference worker, which alone touches
         # the smoother, resets it when it sees the new number (no lock between the threads).
         self._segment += 1
         if self._n:
-            self._sink.drop("gap", self._n)
+            self._sink.drop(
+                "gap",
+                self._n,
+                f"{why}: the partial window's {self._n} "
+                "sample(s) were discarded and a new window starts",
+            )
         self._n = 0
         self._prev_t = None
         self._prev = None
@@ -573,10 +600,13 @@ class WindowBuffer:
             prev_t = self._prev_t
             if prev_t is not None:
                 if t <= prev_t:
-                    self._sink.drop("duplicate" if t == prev_t else "out_of_order")
+                    if t == prev_t:
+                        self._sink.drop("duplicate", 1, DUPLICATE)
+                    else:
+                        self._sink.drop("out_of_order", 1, OUT_OF_ORDER)
                     continue
                 if check_gaps and t - prev_t > self._max_gap:
-                    self._restart()
+                    self._restart(self._gap(prev_t, t))
                     prev_t = None
             accepted += 1
             if prev_t is None:
@@ -614,6 +644,19 @@ class WindowBuffer:
                     self._k += 1
             self._prev_t, self._prev = t, row
         return accepted
+
+    def _gap(self, prev_t: float, t: float) -> str:
+        why = (
+            f"readings at {prev_t:.3f} s and {t:.3f} s are {t - prev_t:.6g} s apart, more "
+            f"than --max-gap {self._max_gap:g} s"
+        )
+        if t < SINCE_START_BELOW_S:
+            why += (
+                " (times below 1e9 are read as seconds since the device started; a clock "
+                "in ms, us or ns since then is only told by the steps between the times of "
+                "one message: send several readings per message, with their times)"
+            )
+        return why
 
     def _append(self, row: list[float], stamp: float, mono: float) -> None:
         self._x[self._n] = row

@@ -127,6 +127,9 @@ def test_a_time_gap_restarts_the_window(serve, device):
     assert len(device.json_of("gappy")) == 1
     assert pred["window"]["start"] == T0 + 10.0
     assert service.metrics.value("harstream_drops_total", family="har", reason="gap") == 60
+    (err,) = device.json_of("gappy", "errors")
+    assert err["error"] == "gap" and err["message"].startswith("60 dropped as gap")
+    assert "7.05 s apart, more than --max-gap 1 s" in err["message"]
 
 
 BAD_INPUTS = [
@@ -167,17 +170,36 @@ def test_every_bad_input_is_reported_and_the_device_keeps_working(serve, device,
     assert m.value("harstream_errors_total", family="har", kind="invalid_id") == 2
 
 
-def test_out_of_order_and_duplicate_samples_are_dropped_and_counted(serve, device):
+def test_out_of_order_and_duplicate_samples_are_dropped_counted_and_told(serve, device):
     service = serve()
     device.samples("jitter", 0, 50)
     device.samples("jitter", 49, 1)  # duplicate
     device.samples("jitter", 10, 1)  # out of order
+    device.samples("jitter", 49, 1)  # duplicate again: within 10 s of the first notice
     device.samples("jitter", 50, 30)
     (pred,) = device.wait_for("jitter", 1)
     assert pred["window"] == {"start": T0, "end": T0 + 79 / 20, "samples": 80}
+    device.settle()
+    errors = device.json_of("jitter", "errors")
+    assert [e["error"] for e in errors] == ["duplicate", "out_of_order"], "one per kind per 10 s"
+    assert errors[0]["message"].startswith("1 dropped as duplicate since the last such notice")
+    assert "time order" in errors[1]["message"]
+    assert errors[0]["topic"] == f"{device.prefix}/jitter/accel"
     m = service.metrics
-    assert m.value("harstream_drops_total", family="har", reason="duplicate") == 1
+    assert m.value("harstream_drops_total", family="har", reason="duplicate") == 2
     assert m.value("harstream_drops_total", family="har", reason="out_of_order") == 1
+    assert m.value("harstream_errors_total", family="har", kind="duplicate") == 1
+    assert m.value("harstream_errors_total", family="har", kind="out_of_order") == 1
+
+
+def test_millisecond_timestamps_get_predictions(serve, device):
+    serve()
+    ms = 1_764_600_000_000  # what JavaScript's Date.now() gives
+    for i in range(80):
+        device.publish("js", {"x": float(i % 7), "y": 1.0, "z": 9.8, "t": ms + 50 * i})
+    (pred,) = device.wait_for("js", 1)
+    assert pred["window"] == {"start": ms / 1e3, "end": ms / 1e3 + 3.95, "samples": 80}
+    assert not device.json_of("js", "errors")
 
 
 @pytest.mark.skipif(mosquitto_binary() is None, reason="needs the mosquitto binary")

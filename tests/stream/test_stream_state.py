@@ -26,7 +26,7 @@ class Sink:
     def emit(self, x, info, received) -> None:
         self.windows.append((x.tolist(), info))
 
-    def drop(self, reason, n=1) -> None:
+    def drop(self, reason, n=1, detail="") -> None:
         pass
 
 

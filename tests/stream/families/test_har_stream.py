@@ -42,6 +42,36 @@ def test_binary_round_trip_keeps_float32_values_and_times():
     assert decode_accel(encode_binary(xyz), BINARY_CONTENT_TYPE).times is None
 
 
+MS = 1_764_600_000_000  # Date.now() on 2025-12-01
+
+
+def test_millisecond_microsecond_and_nanosecond_times_are_seconds_once_decoded():
+    s = decode_accel(b'{"x": 1, "y": 2, "z": 3, "t": %d}' % (MS + 50))
+    assert s.times.tolist() == [pytest.approx(MS / 1e3 + 0.05, abs=1e-6)]
+    s = decode_accel(b'{"samples": [[1, 2, 3], [4, 5, 6]], "t0": %d}' % (MS * 1000))
+    assert s.times.tolist() == pytest.approx([MS / 1e3, MS / 1e3 + 0.05], abs=1e-6)
+    s = decode_accel(encode_binary([[1, 2, 3]], rate_hz=20, t0=MS * 1e6))
+    assert s.times.tolist() == pytest.approx([MS / 1e3], abs=1e-6)
+    # per-row times since the device started: the step tells milliseconds
+    s = decode_accel(b"[[3600000, 1, 2, 3], [3600050, 4, 5, 6], [3600100, 7, 8, 9]]")
+    assert s.times.tolist() == pytest.approx([3600.0, 3600.05, 3600.1])
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"x": 1, "y": 2, "z": 3, "t": 5e18}',
+        b'{"x": 1, "y": 2, "z": 3, "t": -1}',
+        b'{"samples": [[1, 2, 3]], "t0": 1e30}',
+        b"[[5e18, 1, 2, 3], [5.00000000005e18, 1, 2, 3]]",
+    ],
+)
+def test_times_no_unit_fits_are_out_of_range(payload):
+    with pytest.raises(PayloadError, match="seconds, ms, us or ns") as err:
+        decode_accel(payload)
+    assert err.value.kind == "out_of_range"
+
+
 @pytest.mark.parametrize(
     ("payload", "kind"),
     [
@@ -85,12 +115,14 @@ class Sink:
     def __init__(self) -> None:
         self.windows: list[tuple[np.ndarray, tuple]] = []
         self.drops: dict[str, int] = {}
+        self.details: list[str] = []
 
     def emit(self, x, info, received) -> None:
         self.windows.append((x, info))
 
-    def drop(self, reason, n=1) -> None:
+    def drop(self, reason, n=1, detail="") -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
+        self.details.append(detail)
 
 
 def timed(values, times, rate=20.0) -> Samples:
@@ -182,7 +214,7 @@ def test_untimed_batch_at_another_rate_is_resampled():
     assert start == end == 5.0
 
 
-def test_gap_restarts_and_drops_are_counted():
+def test_gap_restarts_and_drops_are_counted_and_described():
     sink = Sink()
     buf = WindowBuffer(sink, max_gap_s=1.0)
     buf.push(timed(range(30), T0 + np.arange(30) / 20), 0.0, 0.0)
@@ -192,6 +224,9 @@ def test_gap_restarts_and_drops_are_counted():
     later = T0 + 60 + np.arange(80) / 20
     buf.push(timed(range(80), later), 0.0, 0.0)
     assert sink.drops["gap"] == 30
+    assert "the same time" in sink.details[0] and "time order" in sink.details[1]
+    assert "58.55 s apart, more than --max-gap 1 s (times below 1e9" in sink.details[2]
+    assert "30 sample(s) were discarded" in sink.details[2]
     ((_, info),) = sink.windows
     start, seq, segment = info.start, info.seq, info.segment
     assert start == later[0] and seq == 1
