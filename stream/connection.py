@@ -46,8 +46,8 @@ BROKER_OPTIONS: tuple[Option, ...] = (
         "broker",
         "str",
         None,
-        "broker URL mqtt://[user:pass@]host[:port] or mqtts://... for TLS; "
-        f"unset means {DEFAULT_HOST}:{DEFAULT_PORT}",
+        "broker URL mqtt://[user:pass@]host[:port] (host:port alone means mqtt://) or "
+        f"mqtts://... for TLS; unset means {DEFAULT_HOST}:{DEFAULT_PORT}",
         metavar="URL",
     ),
     Option("username", "str", None, "broker user name", metavar="NAME"),
@@ -115,11 +115,13 @@ class BrokerConfig:
 
 
 def parse_broker_url(url: str) -> tuple[str, int, bool, str | None, str | None]:
-    """``mqtt://user:pass@host:port`` -> ``(host, port, tls, user, password)``."""
-    parts = urlsplit(url)
+    """``mqtt://user:pass@host:port`` -> ``(host, port, tls, user, password)``; without a
+    scheme (``host:port``, ``host``) ``mqtt://`` is meant."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
     if parts.scheme not in ("mqtt", "mqtts"):
         raise ConfigError(
-            f"broker URL {url!r} must start with mqtt:// or mqtts:// (e.g. mqtt://localhost:1883)"
+            f"broker URL {url!r} must start with mqtt:// or mqtts:// (e.g. mqtt://localhost:1883), "
+            "or be host:port"
         )
     tls = parts.scheme == "mqtts"
     try:
@@ -227,6 +229,17 @@ def set_nodelay(sock: Any) -> None:
         log.debug("could not set TCP_NODELAY: %s", exc)
 
 
+def tls_context(cfg: BrokerConfig) -> ssl.SSLContext:
+    """The TLS settings of every connection to ``cfg``'s broker (paho's, the broker check's,
+    the benchmark's): the broker's certificate verified against ``--ca-file`` (else the
+    system's CAs) and its host name checked; ``--cert-file``/``--key-file`` as the client's
+    certificate."""
+    context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+    if cfg.cert_file:
+        context.load_cert_chain(str(cfg.cert_file), str(cfg.key_file) if cfg.key_file else None)
+    return context
+
+
 def make_client(
     cfg: BrokerConfig,
     *,
@@ -258,12 +271,7 @@ def make_client(
     if cfg.username:
         client.username_pw_set(cfg.username, cfg.password)
     if cfg.tls:
-        client.tls_set(
-            ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-            certfile=str(cfg.cert_file) if cfg.cert_file else None,
-            keyfile=str(cfg.key_file) if cfg.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
+        client.tls_set_context(tls_context(cfg))
     if will is not None:
         topic, payload, qos, retain = will
         client.will_set(topic, payload, qos=qos, retain=retain)
@@ -277,13 +285,18 @@ def connect(client: Any, cfg: BrokerConfig, *, persistent: bool = True) -> None:
     Callers wait for their ``on_connect`` callback; a broker that is down at start is
     retried like one that goes away later.
     """
+    client.connect_async(cfg.host, cfg.port, cfg.keepalive, **session_kwargs(cfg, persistent))
+    client.loop_start()
+
+
+def session_kwargs(cfg: BrokerConfig, persistent: bool) -> dict[str, Any]:
+    """paho's ``connect`` arguments for the session: MQTT 5 clean start and session expiry
+    (3.1.1 sets ``clean_session`` on the client, in :func:`make_client`)."""
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    kwargs: dict[str, Any] = {}
-    if cfg.mqtt_version == "5":
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = cfg.session_expiry if persistent else 0
-        kwargs = {"clean_start": not persistent, "properties": props}
-    client.connect_async(cfg.host, cfg.port, cfg.keepalive, **kwargs)
-    client.loop_start()
+    if cfg.mqtt_version != "5":
+        return {}
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = cfg.session_expiry if persistent else 0
+    return {"clean_start": not persistent, "properties": props}

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import ssl
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from harstream.stream.connection import tls_context
 
 CONNECT, CONNACK, PUBLISH, PUBACK = 0x10, 0x20, 0x30, 0x40
 SUBSCRIBE, SUBACK, PINGREQ, DISCONNECT = 0x82, 0x90, 0xC0, 0xE0
@@ -139,10 +140,7 @@ class WireClient:
             raise ConnectionError(f"cannot reach the MQTT broker at {cfg.url}: {exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if cfg.tls:
-            context = ssl.create_default_context(cafile=cfg.ca_file and str(cfg.ca_file))
-            if cfg.cert_file:
-                context.load_cert_chain(str(cfg.cert_file), cfg.key_file and str(cfg.key_file))
-            sock = context.wrap_socket(sock, server_hostname=cfg.host)
+            sock = tls_context(cfg).wrap_socket(sock, server_hostname=cfg.host)
         self._sock = sock
         sock.sendall(connect_packet(cfg.client_id, username=cfg.username, password=cfg.password))
         self._check_connack(cfg.url)

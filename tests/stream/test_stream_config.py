@@ -157,6 +157,9 @@ def test_bad_settings_name_their_source(tmp_path, argv, env, toml, match):
 def test_broker_urls():
     assert parse_broker_url("mqtt://h") == ("h", 1883, False, None, None)
     assert parse_broker_url("mqtts://u%40x:p%3A@h:9") == ("h", 9, True, "u@x", "p:")
+    # host:port, the form the README and --help show for the default, means mqtt://
+    assert parse_broker_url("127.0.0.1:1883") == ("127.0.0.1", 1883, False, None, None)
+    assert parse_broker_url("broker.lan") == ("broker.lan", 1883, False, None, None)
     cfg = broker_config(
         {"broker": "mqtts://u:p@h", "mqtt_version": "3.1.1"}, default_client_id="c", env={}
     )
