@@ -53,14 +53,20 @@ SIGINT/SIGTERM finish queued windows, save every device's partial window to
 --state-file, publish 'offline' and exit 0; the next start with the same --client-id
 restores them and the broker delivers what came meanwhile, so a planned restart loses no
 window (with a broker that queues for the persistent session, such as Mosquitto). A stop
-takes at most --stop-timeout seconds. Exit status: 0 after a clean stop, 1 when the
-service cannot start, 2 for an invalid configuration, 3 when a stop had to abandon work.
+takes at most --stop-timeout seconds.
+
+Before loading the models it checks the broker and names what is wrong in one line. Exit
+status: 0 after a clean stop, 1 when the service cannot start otherwise, 2 for an invalid
+configuration, 3 when a stop had to abandon work, 4 when the broker cannot be reached
+(name resolution, connection refused, timed out; may pass by itself), 5 when it refuses
+the login (check the credentials), 6 for a TLS problem (certificate, or TLS expected or
+not).
 """
 
 EPILOG = """\
 examples:
   harstream serve                                   # local broker, or an embedded one
-  harstream serve --broker mqtt://broker:1883 --families har --metrics-port 9108
+  harstream serve --broker broker:1883 --families har --metrics-port 9108
   harstream serve --broker mqtts://user@broker:8883 --ca-file ca.pem --model ckpt/har-cnn
   HARSTREAM_MAX_BATCH=64 harstream serve --config serve.toml
 """
@@ -146,6 +152,7 @@ class JsonFormatter(logging.Formatter):
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``harstream serve``; returns the exit status."""
     from harstream.models.checkpoint import CheckpointError
+    from harstream.stream.preflight import BrokerError
     from harstream.stream.routes import RouteUnavailable
     from harstream.stream.service import Service
 
@@ -167,6 +174,10 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda _signum, _frame: service.request_stop())
     try:
         service.start()
+    except BrokerError as exc:
+        log.error("cannot start: broker %s: %s", config.broker.url, exc)
+        service.stop()
+        return exc.exit_code
     except (ConfigError, RouteUnavailable, CheckpointError, ConnectionError, ValueError) as exc:
         log.error("cannot start: %s", exc)
         service.stop()

@@ -52,6 +52,7 @@ from harstream.stream.health import HttpEndpoints, Response, metrics_endpoint, p
 from harstream.stream.metrics import FamilyMetrics, ServiceMetrics
 from harstream.stream.notices import NOTICE_EVERY_S
 from harstream.stream.payloads import error_payload
+from harstream.stream.preflight import CHECK_TIMEOUT_S, check_broker
 from harstream.stream.ratelimit import RATE_LIMITED, RATE_LIMITED_MESSAGES, RateLimit
 from harstream.stream.routes import Control, PayloadError, Restorable, Route, RouteUnavailable
 from harstream.stream.watchdog import HandlerWatch, LogLimiter
@@ -170,11 +171,16 @@ class Service:
             raise
 
     def _start(self) -> Service:
+        cfg = self.broker_config
+        if cfg.explicit or is_listening(cfg.host, cfg.port):
+            # before JAX starts (seconds) and the models load and compile (tens): a broker
+            # that cannot be used is named at once; without --broker and with nothing
+            # listening, the embedded broker starts below instead
+            check_broker(cfg, min(CHECK_TIMEOUT_S, self.config.connect_timeout))
         threads = self.config.inference_threads
         if not set_cpu_threads(threads or default_inference_threads()) and threads:
             log.warning("event=inference_threads_unchanged threads=%d: JAX had started", threads)
         routes = self._routes or build_routes(self.config, self._predictors)
-        cfg = self.broker_config
         if not cfg.explicit and not is_listening(cfg.host, cfg.port):
             if not self.config.embedded_broker:
                 log.warning(

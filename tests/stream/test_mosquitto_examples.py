@@ -22,6 +22,12 @@ from bus_client import T0, WAIT, Client, service_broker
 from harstream.stream.broker import LOOPBACK, MosquittoBroker, free_port, mosquitto_binary
 from harstream.stream.config import ServeConfig
 from harstream.stream.connection import BrokerConfig, broker_config, connect, make_client
+from harstream.stream.preflight import (
+    EXIT_NOT_AUTHORIZED,
+    EXIT_UNREACHABLE,
+    BrokerError,
+    check_broker,
+)
 from harstream.stream.service import Service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -344,6 +350,52 @@ def test_serve_with_a_password_file_keeps_it_out_of_the_process_list(
             proc.kill()
             proc.communicate()
         watcher.close()
+
+
+def serve_briefly(*args: str, env_home: Path) -> tuple[int, str, float]:
+    """Run ``harstream serve ARGS`` that is expected to exit by itself: (status, stderr, s)."""
+    cmd = [sys.executable, "-m", "harstream", "serve", "--families", "har", *args]
+    env = {**os.environ, "XDG_STATE_HOME": str(env_home)}
+    began = time.monotonic()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stderr, time.monotonic() - began
+
+
+@needs_mosquitto
+def test_a_wrong_password_is_named_before_the_models_load(secure_bus, tmp_path):
+    wrong = tmp_path / "wrong"
+    wrong.write_text(secure_bus.password("dev-b") + "\n")
+    cfg = broker_config(
+        {"broker": f"{secure_bus.host}:{secure_bus.port}", "username": "harstream",
+         "password_file": str(wrong)},
+        default_client_id="serve-wrong", env={},
+    )  # fmt: skip
+    with pytest.raises(BrokerError) as err:
+        check_broker(cfg)
+    assert err.value.kind == "not_authorized" and err.value.exit_code == EXIT_NOT_AUTHORIZED
+    assert "not authorized" in str(err.value) and "'harstream'" in str(err.value)
+    # the command: host:port without a scheme, one line, the documented status, no model
+    status, stderr, took = serve_briefly(
+        "--broker", f"{secure_bus.host}:{secure_bus.port}", "--username", "harstream",
+        "--password-file", str(wrong), env_home=tmp_path,
+    )  # fmt: skip
+    errors = [line for line in stderr.splitlines() if " ERROR " in line]
+    assert status == EXIT_NOT_AUTHORIZED, stderr[-2000:]
+    assert (
+        len(errors) == 1 and "not authorized" in errors[0] and "check the credentials" in errors[0]
+    )
+    assert "event=serving" not in stderr and "compil" not in stderr.lower()
+    print(f"wrong password: exit {status} after {took:.1f} s (process start included)")
+
+
+def test_an_unknown_broker_host_is_named_before_the_models_load(tmp_path):
+    status, stderr, took = serve_briefly(
+        "--broker", "mqtt://no-such-host.invalid:1883", env_home=tmp_path
+    )
+    errors = [line for line in stderr.splitlines() if " ERROR " in line]
+    assert status == EXIT_UNREACHABLE, stderr[-2000:]
+    assert len(errors) == 1 and "name resolution failed" in errors[0], stderr[-2000:]
+    print(f"unknown host: exit {status} after {took:.1f} s (process start included)")
 
 
 def test_the_secure_config_keeps_the_tuning_of_the_plain_one():

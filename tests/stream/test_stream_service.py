@@ -18,7 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bus_client import T0, WAIT, Client, assert_smoothed, http_get, service_broker
+from bus_client import (
+    T0,
+    WAIT,
+    Client,
+    assert_smoothed,
+    http_get,
+    make_certificates,
+    service_broker,
+)
 
 from harstream.bench.mqtt_wire import WireClient
 from harstream.stream.broker import (
@@ -502,26 +510,8 @@ def test_sigterm_restart_of_the_process_predicts_every_window(
 def test_unreachable_broker_fails_clearly(har_predictor):
     cfg = BrokerConfig(port=free_port(), explicit=True)
     config = ServeConfig(broker=cfg, families=["har"], connect_timeout=0.5)
-    with pytest.raises(ConnectionError, match="could not connect"):
+    with pytest.raises(ConnectionError, match="connection refused: nothing listens on"):
         Service(config, predictors={"har": har_predictor}).start()
-
-
-def make_certificates(tmp: Path) -> dict[str, Path]:
-    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=tmp, check=True, capture_output=True)
-
-    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=t")
-    (tmp / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    for name in ("server", "client"):
-        run("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        run(
-            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile", "san.ext",
-        )  # fmt: skip
-    return {n: tmp / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
 
 
 @pytest.mark.skipif(
