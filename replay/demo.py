@@ -38,6 +38,7 @@ from harstream.stream.broker import is_listening
 from harstream.stream.config import ConfigError, ServeConfig, resolve
 from harstream.stream.connection import BrokerConfig, broker_config, default_client_id
 from harstream.stream.contract import topic
+from harstream.stream.preflight import BrokerError, check_broker
 
 PREFIX = "demo"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -262,6 +263,11 @@ def _service_config(args: argparse.Namespace, cfg: BrokerConfig) -> ServeConfig:
                 + ("" if _is_local(cfg.host) else " (an embedded one can only run locally)")
             )
         svc_broker = dataclasses.replace(svc_broker, explicit=False)
+    else:  # before the models load: a broker that refuses the login or wants TLS is named
+        try:
+            check_broker(cfg)
+        except BrokerError as exc:
+            raise BrokerUnavailable(f"cannot use the MQTT broker at {cfg.url}: {exc}") from None
     # a few devices: small batch buckets compile faster
     max_batch = min(8, 1 << (args.devices - 1).bit_length())
     models = {} if options["model"] is None else {"har": options["model"]}

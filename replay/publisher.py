@@ -24,6 +24,7 @@ from harstream.stream.contract import topic
 from harstream.stream.families.har import BINARY_CONTENT_TYPE, MAX_SAMPLES, encode_binary
 from harstream.stream.families.har_labels import LABEL_SUFFIX
 from harstream.stream.payloads import encode_json
+from harstream.stream.preflight import CHECK_TIMEOUT_S, BrokerError, check_broker
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -65,8 +66,13 @@ def open_client(
 
     Returns once the broker acknowledged the connection and every subscription, so that
     nothing published afterwards can be missed; raises ``BrokerUnavailable`` otherwise,
-    at once when the connection is refused (a tool should not wait like the service).
+    at once when the broker cannot be used (a tool should not wait like the service), with
+    the cause the broker check names (:mod:`stream.preflight`).
     """
+    try:
+        check_broker(cfg, min(CHECK_TIMEOUT_S, timeout))
+    except BrokerError as exc:
+        raise BrokerUnavailable(f"cannot use the MQTT broker at {cfg.url}: {exc}") from None
     client = make_client(cfg, persistent=False)
     ready = threading.Event()
     failure: list[str] = []

@@ -220,7 +220,13 @@ def test_unreachable_broker_is_reported(tmp_path, capsys) -> None:
     path = write_wisdm2019(tmp_path / "ok.txt")
     url = f"mqtt://127.0.0.1:{free_port()}"
     assert main(["replay", str(path), "--broker", url, "--quiet"]) == 1
-    assert "cannot use the MQTT broker" in capsys.readouterr().err
+    assert "connection refused: nothing listens" in capsys.readouterr().err
+    # the cause is named for a host name that does not resolve too, in one line
+    url = "no-such-host.invalid:1883"  # host:port means mqtt://
+    assert main(["replay", str(path), "--broker", url, "--quiet"]) == 1
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "error:" in x]
+    assert "cannot use the MQTT broker at mqtt://no-such-host.invalid:1883" in line
+    assert "name resolution failed" in line
 
 
 def test_simulate_streams_labelled_devices_and_scores_them(service, broker, tmp_path) -> None:
