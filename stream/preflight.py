@@ -98,10 +98,11 @@ def check_broker(cfg: BrokerConfig, timeout: float = CHECK_TIMEOUT_S) -> None:
     where = f"{cfg.host}:{cfg.port}"
     addresses = _resolve(cfg.host, cfg.port, timeout)
     sock = _tcp_connect(addresses, where, timeout)
+    peer = sock.getpeername()  # the address that answered, for the diagnoses below
     try:
         if cfg.tls:
-            sock = _tls_handshake(sock, cfg, addresses[0], timeout)
-        _bare_connect(sock, cfg, addresses[0], timeout)
+            sock = _tls_handshake(sock, cfg, peer, timeout)
+        _bare_connect(sock, cfg, peer, timeout)
     finally:
         sock.close()
     _login(cfg, timeout)
@@ -141,14 +142,9 @@ def _resolve(host: str, port: int, timeout: float) -> list[Any]:
 def _tcp_connect(addresses: list[Any], where: str, timeout: float) -> socket.socket:
     last: OSError | None = None
     for address in addresses:
-        family = socket.AF_INET6 if len(address) == 4 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
         try:
-            sock.connect(address)
-            return sock
+            return _connect(address, timeout)
         except OSError as exc:
-            sock.close()
             last = exc
     if isinstance(last, ConnectionRefusedError):
         raise BrokerError(
@@ -173,6 +169,10 @@ def _tls_handshake(
         return tls_context(cfg).wrap_socket(sock, server_hostname=cfg.host)
     except ssl.SSLCertVerificationError as exc:
         raise BrokerError("tls_verify", _verify_failure(exc, cfg, address, timeout)) from None
+    except TimeoutError:
+        raise BrokerError(
+            "timed_out", f"timed out: {where} did not complete a TLS handshake in {timeout:g} s"
+        ) from None
     except (ssl.SSLError, OSError) as exc:
         if _client_certificate_alert(exc):
             raise _client_certificate_error(cfg, exc) from None
@@ -249,6 +249,10 @@ def _bare_connect(sock: socket.socket, cfg: BrokerConfig, address: Any, timeout:
         first = sock.recv(1)
         with contextlib.suppress(OSError):
             sock.sendall(DISCONNECT)
+            # let the broker close first: amqtt logs a traceback for a client gone before
+            sock.settimeout(0.2)
+            while sock.recv(64):
+                pass
     except TimeoutError:
         raise BrokerError(
             "timed_out",
@@ -321,15 +325,18 @@ def _answer(cfg: BrokerConfig, persistent: bool, timeout: float) -> Any:
         client.disconnect()  # sends DISCONNECT and closes the socket, if still open
     if answers:
         return answers[0]
+    # it answered the bare 3.1.1 CONNECT: the protocol version is the likely cause
+    other = "3.1.1" if cfg.mqtt_version == "5" else "5"
+    hint = f"; if the broker speaks only MQTT {other}, give --mqtt-version {other}"
     if rc == mqtt.MQTT_ERR_SUCCESS:
         raise BrokerError(
-            "timed_out", f"timed out: {where} did not answer the login within {timeout:g} s"
+            "timed_out",
+            f"timed out: {where} did not answer the MQTT {cfg.mqtt_version} login within "
+            f"{timeout:g} s{hint}",
         )
-    other = "3.1.1" if cfg.mqtt_version == "5" else "5"
     raise BrokerError(
         "refused_by_broker",
-        f"{where} closed the connection without answering the MQTT {cfg.mqtt_version} "
-        f"login; if the broker speaks only MQTT {other}, give --mqtt-version {other}",
+        f"{where} closed the connection without answering the MQTT {cfg.mqtt_version} login{hint}",
     )
 
 
