@@ -165,5 +165,11 @@ def test_a_missing_client_certificate_is_named(certificates):
         check_broker(
             replace(tls, cert_file=certificates["client.pem"], key_file=certificates["client.key"])
         )
+        # a client certificate from a CA the broker does not trust
+        other = certificates["other"].parent
+        stranger = replace(tls, cert_file=other / "client.pem", key_file=other / "client.key")
+        err = failure(stranger)
+        assert err.kind == "tls_client_certificate" and err.exit_code == EXIT_TLS
+        assert f"--cert-file {other / 'client.pem'}" in str(err)
     finally:
         own.close()

@@ -1,4 +1,5 @@
-"""The per-device token bucket, on an injected clock: rate, burst, notices, the sink's drops."""
+"""The per-device token bucket, on an injected clock: rate, burst, notices, the sink's drops
+and the notices of the buffers' own drops."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 
 from harstream.stream.engine import DeviceSink, InferenceWorker
 from harstream.stream.metrics import ServiceMetrics
+from harstream.stream.notices import Tally
 from harstream.stream.ratelimit import RateLimit
 from harstream.stream.routes import Route
 
@@ -137,3 +139,26 @@ def test_the_sink_drops_excess_before_the_queue_and_counts_it():
     for _ in range(10):
         unlimited.emit(np.zeros(2, np.float32), None, 1.0)
     assert worker._queue.qsize() == 16
+
+
+def test_a_tally_tells_the_first_drop_then_the_count_every_10_s():
+    tally = Tally()
+    assert tally.add(1, 0.0) == 1  # the first is told at once
+    assert tally.add(3, 5.0) == 0  # within 10 s of it: held
+    assert tally.add(2, 10.0) == 5  # the next one after 10 s carries every drop since
+    assert tally.add(1, 12.0, every_s=1.0) == 0 and tally.add(1, 20.0, every_s=1.0) == 2
+
+
+def test_the_sink_tells_the_device_its_buffer_drops_once_per_kind():
+    metrics = ServiceMetrics()
+    fm = metrics.family("har")
+    route = Route("har", "in", "out", lambda p, c: p, lambda d, s: None, _Predictor(), None)
+    worker = InferenceWorker(route, lambda t, p, r: None, fm, prefix="p", queue_size=10)
+    told = []
+    sink = DeviceSink("dev", worker, fm, notify=lambda *notice: told.append(notice))
+    for _ in range(3):
+        sink.drop("duplicate", 1, "twice")
+    sink.drop("gap", 30, "a jump")
+    assert told == [("dev", "duplicate", 1, "twice"), ("dev", "gap", 30, "a jump")]
+    assert metrics.value("harstream_drops_total", family="har", reason="duplicate") == 3
+    assert metrics.value("harstream_drops_total", family="har", reason="gap") == 30
