@@ -5,11 +5,12 @@
 
 Lifecycle:
 
-- start: build the routes (loading and pre-compiling models), start an embedded broker if
-  none is configured or listening, restore the buffers saved by the last stop (and delete
-  that file), connect with a persistent session and a stable client id, subscribe QoS 1
-  to ``<prefix>/+/<suffix>`` of every route, publish the retained ``online`` status (the
-  ``offline`` one is the last will);
+- start: check the broker (:mod:`stream.preflight`: a broker that cannot be used fails the
+  start at once, before anything slow), build the routes (loading and pre-compiling
+  models), start an embedded broker if none is configured or listening, restore the
+  buffers saved by the last stop (and delete that file), connect with a persistent
+  session and a stable client id, subscribe QoS 1 to ``<prefix>/+/<suffix>`` of every
+  route, publish the retained ``online`` status (the ``offline`` one is the last will);
 - messages: ``on_message`` decodes and appends to the id's buffer, nothing more; ready
   inputs go to the route's inference worker. Messages are acknowledged after that, so
   on shutdown the ones not taken are redelivered to the next session;
