@@ -116,9 +116,12 @@ def test_a_flooding_device_is_limited_and_the_others_get_their_windows(
         assert limited > 0 and unread > 0.5 * messages  # most of the flood is never decoded
         # the burst (120 windows) plus 25/s over the flood and the drain, no more
         assert passed <= 120 + 25 * (FLOOD_MAX_S + WAIT)
-        assert errors and {e["error"] for e in errors} == {"rate_limited"}
+        # messages dropped undecoded leave holes in the flooder's time line: its partial
+        # windows across them are dropped as gap, and it is told that too
+        limited_errors = [e for e in errors if e["error"] == "rate_limited"]
+        assert limited_errors and {e["error"] for e in errors} <= {"rate_limited", "gap"}
         assert errors[0]["topic"] == f"{prefix}/flood/accel" and errors[0]["device"] == "flood"
-        assert sum(int(e["message"].split()[0]) for e in errors) <= limited
+        assert sum(int(e["message"].split()[0]) for e in limited_errors) <= limited
         assert not any(device.json_of(d, "errors") for d in ids)
     finally:
         start_flood.set()
