@@ -61,6 +61,11 @@ configuration, 3 when a stop had to abandon work, 4 when the broker cannot be re
 (name resolution, connection refused, timed out; may pass by itself), 5 when it refuses
 the login (check the credentials), 6 for a TLS problem (certificate, or TLS expected or
 not).
+
+SIGHUP (or, with --reload-topic, a message to <prefix>/service/reload) reloads the model
+checkpoints: each new model is compiled while the old one serves, then swapped in between
+two batches, no window lost; a checkpoint that fails to load keeps the old model, and the
+retained status says which.
 """
 
 EPILOG = """\
@@ -172,6 +177,9 @@ def run(args: argparse.Namespace) -> int:
     service = Service(config)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda _signum, _frame: service.request_stop())
+    # before start: SIGHUP would end the process by default, and a reload asked for while
+    # the models compile runs once the service is up
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: service.request_reload())
     try:
         service.start()
     except BrokerError as exc:

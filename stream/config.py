@@ -343,6 +343,29 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "discard a state file older than this at start (its readings are long gone)",
         "SECONDS",
     ),
+    Option(
+        "summary_every",
+        "float",
+        60.0,
+        "log a one-line summary (devices, messages/s, windows/s, latency p50/p99, errors and "
+        "drops by kind) every this many seconds; 0 turns it off",
+        "SECONDS",
+    ),
+    Option(
+        "rtt_warn_ms",
+        "float",
+        20.0,
+        "warn at start when the median QoS 1 round trip through the broker is longer than "
+        "this (Mosquitto without set_tcp_nodelay: about 40 ms)",
+        "MS",
+    ),
+    Option(
+        "reload_topic",
+        "bool",
+        False,
+        "also reload the model checkpoints (as SIGHUP does) on any message to "
+        "<prefix>/service/reload; let only operators publish there (broker ACL)",
+    ),
     Option("log_json", "bool", False, "log one JSON object per line"),
 )
 
@@ -403,6 +426,9 @@ class ServeConfig:
     state_file: Path | None = _default("state_file")
     calibration_store: Path | None = _default("calibration_store")
     state_max_age: float = _default("state_max_age")
+    summary_every: float = _default("summary_every")
+    rtt_warn_ms: float = _default("rtt_warn_ms")
+    reload_topic: bool = _default("reload_topic")
     log_json: bool = _default("log_json")
 
     def __post_init__(self) -> None:
@@ -433,6 +459,11 @@ class ServeConfig:
             (self.slow_handler_ms > 0, f"slow_handler_ms must be > 0, got {self.slow_handler_ms}"),
             (self.stop_timeout > 0, f"stop_timeout must be > 0, got {self.stop_timeout}"),
             (self.state_max_age > 0, f"state_max_age must be > 0, got {self.state_max_age}"),
+            (
+                self.summary_every >= 0,
+                f"summary_every must be >= 0 (0: off), got {self.summary_every}",
+            ),
+            (self.rtt_warn_ms >= 0, f"rtt_warn_ms must be >= 0, got {self.rtt_warn_ms}"),
         ]
         from harstream import families
 

@@ -26,6 +26,7 @@ MAX_REPLY_ID = 256
 _NO_REPLY_IDS = frozenset({"", ".", "..", *RESERVED_IDS})
 ERRORS_SUFFIX = "errors"
 STATUS_TOPIC_SUFFIX = "service/status"
+RELOAD_TOPIC_SUFFIX = "service/reload"
 
 
 def is_valid_id(device_id: str) -> bool:
@@ -63,6 +64,12 @@ def subscription(prefix: str, suffix: str) -> str:
 def status_topic(prefix: str) -> str:
     """Retained service status topic: ``<prefix>/service/status``."""
     return f"{prefix}/{STATUS_TOPIC_SUFFIX}"
+
+
+def reload_topic(prefix: str) -> str:
+    """Where an operator asks the service to reload its models (``--reload-topic``):
+    ``<prefix>/service/reload``."""
+    return f"{prefix}/{RELOAD_TOPIC_SUFFIX}"
 
 
 def errors_topic(prefix: str, device_id: str) -> str:

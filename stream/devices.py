@@ -58,6 +58,18 @@ class BufferTable:
         for device_id, (buffer, seen) in self._items.items():
             yield device_id, buffer, seen
 
+    def rebuild(
+        self, factory: Callable[[str], Buffer], carry: Callable[[Buffer, Buffer], None]
+    ) -> None:
+        """Create buffers with ``factory`` from now on, and replace every live one by a new
+        one from it that ``carry(old, new)`` brings up to date (a model reload); the ids
+        keep their place and last-seen time."""
+        self._factory = factory
+        for device_id, entry in self._items.items():
+            new = factory(device_id)
+            carry(entry[0], new)
+            entry[0] = new
+
     def remove(self, device_id: str) -> None:
         """Forget ``device_id`` (no eviction is reported)."""
         self._items.pop(device_id, None)

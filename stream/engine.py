@@ -16,6 +16,10 @@ Before the queue, each id's :class:`DeviceSink` holds its token bucket
 (``harstream_drops_total{reason="rate_limited"}``), not the other ids' windows. When the
 queue is full nonetheless the OLDEST waiting input is dropped (its prediction would be the
 stalest), counted as ``harstream_drops_total{reason="queue_full"}`` and logged.
+
+A model reload (:meth:`InferenceWorker.swap`) queues the new route behind the inputs
+already waiting: they finish with the model that cut them, the batch ends there, and every
+later input runs with the new one, so no input is lost or run half with each.
 """
 
 from __future__ import annotations
@@ -51,6 +55,19 @@ class Ready(NamedTuple):
 
 
 _STOP = object()
+
+
+class _Swap:
+    """A queued model swap: the route the worker takes once every input before it is done,
+    unless the caller gave up waiting first (``cancelled``)."""
+
+    __slots__ = ("route", "taken", "cancelled", "lock")
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        self.taken = threading.Event()
+        self.cancelled = False
+        self.lock = threading.Lock()
 
 
 class InferenceWorker:
@@ -122,14 +139,54 @@ class InferenceWorker:
         self._thread.join(max(0.0, deadline - time.monotonic()))
         return not self._thread.is_alive()
 
+    def swap(self, route: Route, timeout: float = 30.0) -> bool:
+        """Serve ``route`` (the same family, a new model) from the next batch on, once every
+        input queued now has run with the current one; returns once the worker has taken
+        it (True), or False when it did not within ``timeout`` seconds (a batch stuck in
+        the model): the current route stays then.
+
+        The caller keeps inputs from being submitted meanwhile (the service holds the MQTT
+        thread), so that the queue only empties and the swap cannot be dropped as the
+        oldest input of a full queue.
+        """
+        if not self._thread.is_alive():
+            return False
+        swap = _Swap(route)
+        deadline = time.monotonic() + timeout
+        try:
+            self._queue.put(swap, timeout=timeout)
+        except queue.Full:
+            return False
+        if swap.taken.wait(max(0.0, deadline - time.monotonic())):
+            return True
+        with swap.lock:
+            swap.cancelled = not swap.taken.is_set()
+            return not swap.cancelled
+
+    def _take(self, swap: _Swap) -> None:
+        with swap.lock:
+            if swap.cancelled:
+                return
+            predictor = swap.route.predictor
+            shape = (predictor.max_batch, *predictor.item_shape)
+            if self._batch.shape != shape or self._batch.dtype != predictor.dtype:
+                self._batch = np.zeros(shape, predictor.dtype)
+            self._max_batch = predictor.max_batch
+            self.route = swap.route
+            swap.taken.set()
+
     def _run(self) -> None:
         get, get_nowait = self._queue.get, self._queue.get_nowait
         while True:
             item = get()
             if item is _STOP:
                 return
+            if type(item) is _Swap:
+                self._take(item)
+                continue
             items = [item]
             stopping = False
+            swap = None
             deadline = time.perf_counter() + self._max_wait
             while len(items) < self._max_batch:
                 try:
@@ -147,12 +204,17 @@ class InferenceWorker:
                 if item is _STOP:
                     stopping = True
                     break
+                if type(item) is _Swap:
+                    swap = item
+                    break
                 items.append(item)
             try:
                 self._infer(items)
             except Exception:  # a broken batch must not kill the worker
                 log.exception("event=inference_failed family=%s", self.route.family)
                 self._metrics.error("inference")
+            if swap is not None:
+                self._take(swap)
             if stopping:
                 return
 
@@ -162,12 +224,13 @@ class InferenceWorker:
         for i, item in enumerate(items):
             batch[i] = item.x
         m = self._metrics
+        route = self.route  # one batch, one model: a swap takes effect between batches
         start = time.perf_counter()
-        outputs = self.route.predictor.predict_outputs(batch[:n])
+        outputs = route.predictor.predict_outputs(batch[:n])
         m.inference_seconds.observe(time.perf_counter() - start)
         m.batch_size.observe(n)
         m.windows.inc(n)
-        encode, predictor, publish = self.route.encode, self.route.predictor, self._publish
+        encode, predictor, publish = route.encode, route.predictor, self._publish
         # one row per input: of the single output, or a tuple of rows of every output
         rows = outputs[0] if len(outputs) == 1 else zip(*outputs, strict=True)
         for item, row in zip(items, rows, strict=True):

@@ -85,6 +85,18 @@ class ServiceMetrics:
             "broker-wide: any client's queue, not only the service's",
             registry=r,
         )
+        self.broker_rtt = Gauge(
+            "harstream_broker_rtt_seconds",
+            "median QoS 1 round trip through the broker, measured at start (--rtt-warn-ms)",
+            registry=r,
+        )
+        self.reloads = Counter(
+            "harstream_reloads",
+            "model reloads (SIGHUP, --reload-topic) by family and result: ok (the new "
+            "model serves) or failed (the old one still does)",
+            ["family", "result"],
+            registry=r,
+        )
         self.publish_failures = Counter(
             "harstream_publish_failures",
             "results not published (disconnected with QoS 0, or the outgoing queue full)",

@@ -82,8 +82,11 @@ class RateLimit:
         self._buckets: dict[str, DeviceBucket] = {}
 
     def bucket(self, device: str) -> DeviceBucket:
-        """A full bucket for ``device`` (replacing any it had)."""
-        bucket = self._buckets[device] = DeviceBucket(self, device)
+        """``device``'s bucket: the one it has (a model reload gives a live id a new buffer,
+        not a new share), else a new, full one."""
+        bucket = self._buckets.get(device)
+        if bucket is None:
+            bucket = self._buckets[device] = DeviceBucket(self, device)
         return bucket
 
     def forget(self, device: str) -> None:

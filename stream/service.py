@@ -10,13 +10,21 @@ Lifecycle:
   models), start an embedded broker if none is configured or listening, restore the
   buffers saved by the last stop (and delete that file), connect with a persistent
   session and a stable client id, subscribe QoS 1 to ``<prefix>/+/<suffix>`` of every
-  route, publish the retained ``online`` status (the ``offline`` one is the last will);
+  route, time a QoS 1 round trip through the broker (:mod:`stream.roundtrip`; a slow one
+  is a warning with its fix), publish the retained ``online`` status with it (the
+  ``offline`` one is the last will);
 - messages: ``on_message`` decodes and appends to the id's buffer, nothing more; ready
   inputs go to the route's inference worker. Messages are acknowledged after that, so
   on shutdown the ones not taken are redelivered to the next session;
 - reconnects: paho reconnects with backoff; ``on_connect`` resubscribes and publishes
   ``online`` again; buffers stay; a broker that lost the session is logged
   (``event=session_lost``) and counted (``harstream_sessions_lost_total``);
+- reload (SIGHUP, :meth:`Service.request_reload`, or ``<prefix>/service/reload`` with
+  ``--reload-topic``): each family's checkpoint is loaded and compiled again on a thread of
+  its own while the old model serves; the swap then holds the MQTT thread between two
+  messages, lets the inference worker finish every queued input with the old model, and
+  gives each device a buffer of the new route that takes over the old one's state (the
+  snapshot a planned restart saves). A checkpoint that fails keeps the old model;
 - stop: stop taking messages (unacknowledged ones stay with the broker), finish and
   publish every queued window, save every buffer (:mod:`stream.state`), publish
   ``offline``, disconnect (keeping the session). Saved buffers plus the readings the broker
@@ -30,6 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -55,7 +64,17 @@ from harstream.stream.notices import NOTICE_EVERY_S
 from harstream.stream.payloads import error_payload
 from harstream.stream.preflight import CHECK_TIMEOUT_S, check_broker
 from harstream.stream.ratelimit import RATE_LIMITED, RATE_LIMITED_MESSAGES, RateLimit
-from harstream.stream.routes import Control, PayloadError, Restorable, Route, RouteUnavailable
+from harstream.stream.roundtrip import PROBE_QOS, RoundTrip, probe_topic
+from harstream.stream.routes import (
+    Buffer,
+    Control,
+    PayloadError,
+    Restorable,
+    Route,
+    RouteUnavailable,
+    load_family_predictor,
+)
+from harstream.stream.summary import Summary
 from harstream.stream.watchdog import HandlerWatch, LogLimiter
 
 log = logging.getLogger(__name__)
@@ -69,6 +88,9 @@ MAX_QUEUED_PUBLISHES = 100_000  # held by paho while the broker is away; beyond:
 # take well under a millisecond (4,096 samples: a few ms), so one still running after this
 # is stuck, and the service stops without it rather than never.
 HANDLER_GRACE_S = 5.0
+# How long a reload waits for the inference worker to finish the inputs queued before the
+# swap: a full queue (4,096 HAR windows) takes about 2 s on 2 cores.
+SWAP_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -149,6 +171,14 @@ class Service:
         self._next_evict = 0.0
         self._publish_failures = 0
         self._prefix_slash = self.prefix + "/"
+        self._roundtrip = RoundTrip(probe_topic(self.prefix, self.broker_config.client_id))
+        self._reload_topic = contract.reload_topic(self.prefix) if config.reload_topic else None
+        self._extra_subs: dict[int, str] = {}  # mid -> topic of subscriptions beside the routes'
+        self.broker_rtt_s: float | None = None
+        self._announced = False  # the first online status is out
+        self._reload_wanted = threading.Event()
+        self._reload_lock = threading.Lock()
+        self._last_reload: dict[str, Any] | None = None
         self._log_limiter = LogLimiter()
         self._watch = HandlerWatch(
             config.slow_handler_ms / 1000.0,
@@ -255,7 +285,54 @@ class Service:
             self.config.hop,
             self.config.max_batch,
         )
+        self._measure_rtt()
+        self._start_thread("reload", self._reloader)
+        if self.config.summary_every:
+            self._start_thread("summary", self._summaries)
         return self
+
+    def _start_thread(self, name: str, target: Callable[[], None]) -> None:
+        """A daemon thread that ends once the service stops (a reload still compiling
+        then is abandoned with the process)."""
+        threading.Thread(target=target, name=f"harstream-{name}", daemon=True).start()
+
+    def _measure_rtt(self) -> None:
+        """Time QoS 1 round trips through the broker; warn once when the median is over
+        ``--rtt-warn-ms``, with the fix; then publish the retained ``online`` status with
+        it (later connects publish their own), and set the gauge."""
+        try:
+            self._report_rtt(self._roundtrip.measure(self._client))
+        finally:
+            self._announced = True
+            self._client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+
+    def _report_rtt(self, rtt: float | None) -> None:
+        if rtt is None:
+            log.warning(
+                "event=broker_rtt_unknown topic=%s: no probe came back; does the broker's "
+                "ACL let the service read and write it?",
+                self._roundtrip.topic,
+            )
+            return
+        self.broker_rtt_s = rtt
+        self.metrics.broker_rtt.set(rtt)
+        ms, bound = rtt * 1000.0, self.config.rtt_warn_ms
+        if ms > bound:
+            log.warning(
+                "event=broker_slow rtt_ms=%.1f threshold_ms=%g broker=%s: a round trip "
+                "through the broker takes up to %.1f ms, and every prediction crosses it "
+                "twice. Mosquitto without 'set_tcp_nodelay true' holds small packets back "
+                "(40 ms): add that line to mosquitto.conf (Debian and Ubuntu: "
+                "examples/mosquitto-conf.d/harstream.conf into /etc/mosquitto/conf.d/) and "
+                "restart it; otherwise the broker is far away or overloaded (--rtt-warn-ms "
+                "sets this threshold)",
+                ms,
+                bound,
+                self.broker_config.url,
+                ms,
+            )
+        else:
+            log.info("event=broker_rtt rtt_ms=%.2f", ms)
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop taking messages, finish queued windows, publish ``offline``, disconnect.
@@ -287,6 +364,7 @@ class Service:
                 topic[:200],
                 running_s,
             )
+        self._reload_wanted.set()  # wakes the reload thread, which sees _closing and ends
         for served in self._served.values():
             if not served.worker.stop(max(0.1, deadline - time.monotonic())):
                 clean = False
@@ -371,6 +449,7 @@ class Service:
         return contract.status_topic(self.prefix)
 
     def _status(self, state: str) -> bytes:
+        rtt = self.broker_rtt_s
         return orjson.dumps(
             {
                 "status": state,
@@ -383,6 +462,8 @@ class Service:
                     for s in self._served.values()
                 },
                 "client_id": self.broker_config.client_id,
+                "broker_rtt_ms": None if rtt is None else round(rtt * 1000.0, 3),
+                "reload": self._last_reload,
                 "time": time.time(),
             }
         )
@@ -444,14 +525,27 @@ class Service:
         _rc, mid = client.subscribe(topics)
         self._pending_sub.add(mid)
         _rc, self._sys_mid = client.subscribe(BROKER_DROPPED_TOPIC, 0)
-        # on every connect: a broker that restarted without persistence lost the retained one
-        client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+        # apart from the routes' subscription, so that a broker ACL that refuses one of
+        # them costs only what it is for
+        for extra, qos in ((self._roundtrip.topic, PROBE_QOS), (self._reload_topic, 1)):
+            if extra is not None:
+                _rc, extra_mid = client.subscribe(extra, qos)
+                self._extra_subs[extra_mid] = extra
+        # on every connect but the first, whose status waits for the round trip figure
+        # (start): a broker that restarted without persistence lost the retained one
+        if self._announced:
+            client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
 
     def _on_subscribe(self, _c: Any, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
         failed = [r for r in reasons if r.is_failure]
         if mid == self._sys_mid:
             if failed:
                 log.info("event=no_broker_drop_count: the broker refused %s", BROKER_DROPPED_TOPIC)
+            return
+        extra = self._extra_subs.pop(mid, None)
+        if extra is not None:
+            if failed:
+                log.error("event=subscribe_refused topic=%s reasons=%s", extra, failed)
             return
         if failed:
             log.error("event=subscribe_refused reasons=%s", failed)
@@ -500,6 +594,16 @@ class Service:
 
     def _handle(self, msg: Any) -> None:
         topic = msg.topic
+        if topic == self._roundtrip.topic:
+            self._roundtrip.received(msg.payload)
+            return
+        if topic == self._reload_topic:
+            if msg.retain:  # kept by the broker: it would reload at every connect
+                log.warning("event=reload_ignored topic=%s: a retained request", topic)
+            else:
+                log.info("event=reload_requested topic=%s", topic)
+                self.request_reload()
+            return
         if not topic.startswith(self._prefix_slash):
             if topic == BROKER_DROPPED_TOPIC:
                 self._on_broker_dropped(msg.payload)
@@ -632,6 +736,128 @@ class Service:
                 mqtt.error_string(rc),
                 self._publish_failures,
             )
+
+    # ---------------------------------------------------------------- model reload
+
+    def request_reload(self) -> None:
+        """Ask for the model checkpoints to be reloaded (safe from signal handlers and any
+        thread); requests that come while one runs make one more run after it."""
+        self._reload_wanted.set()
+
+    def _reloader(self) -> None:
+        while True:
+            self._reload_wanted.wait()
+            self._reload_wanted.clear()
+            if self._closing:
+                return
+            self.reload()
+
+    def reload(self) -> dict[str, str]:
+        """Load every served family's checkpoint again (``--model`` etc., else the shipped
+        one) and swap in the new models; returns ``{family: error}`` for the families that
+        kept their model (empty when every one was reloaded).
+
+        Loading and compiling run on the calling thread while the old models serve. The
+        result is logged (``event=model_reloaded`` / ``event=reload_failed``), counted
+        (``harstream_reloads_total{family,result}``) and published in the retained status.
+        """
+        from harstream import families as table
+
+        with self._reload_lock:
+            loaded, errors = {}, {}
+            log.info("event=reload_started families=%s", ",".join(self._families()))
+            for served in list(self._served.values()):
+                family, old = served.route.family, served.route.predictor.tag
+                start = time.perf_counter()
+                try:
+                    predictor = load_family_predictor(
+                        family, self.config.models.get(family), self.config.max_batch
+                    )
+                    route = table.lookup(family).build_route(self.config, predictor)
+                    if set(route.controls) != set(served.route.controls):
+                        raise ValueError(
+                            f"the new model's input topics {sorted(route.controls)} differ "
+                            f"from the running one's {sorted(served.route.controls)}; restart "
+                            "the service to serve it"
+                        )
+                    load_s = time.perf_counter() - start
+                    pause_s, restarted = self._swap(served, route)
+                except Exception as exc:  # whatever it is, the old model keeps serving
+                    errors[family] = str(exc) or type(exc).__name__
+                    self.metrics.reloads.labels(family, "failed").inc()
+                    log.error(
+                        "event=reload_failed family=%s model=%s error=%s: %s; still serving %s",
+                        family,
+                        old,
+                        type(exc).__name__,
+                        errors[family],
+                        old,
+                    )
+                    continue
+                loaded[family] = route.predictor.tag
+                self.metrics.reloads.labels(family, "ok").inc()
+                log.info(
+                    "event=model_reloaded family=%s old=%s new=%s load_s=%.1f pause_ms=%.1f "
+                    "devices=%d devices_restarted=%d",
+                    family,
+                    old,
+                    route.predictor.tag,
+                    load_s,
+                    pause_s * 1000.0,
+                    len(served.table),
+                    restarted,
+                )
+            self._last_reload = {"time": time.time(), "loaded": loaded, "errors": errors}
+            client = self._client
+            if client is not None and not self._closing:
+                client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+            return errors
+
+    def _swap(self, served: _Served, route: Route) -> tuple[float, int]:
+        """Serve ``route`` instead of ``served.route``: returns how long the MQTT thread
+        waited, and how many devices restarted their input (a snapshot the new route's
+        buffers refuse: another window layout). Raises when it cannot swap."""
+        if not self._handling.acquire(timeout=HANDLER_GRACE_S):
+            raise RuntimeError("the MQTT thread is stuck in a message handler")
+        start = time.perf_counter()
+        try:
+            if self._closing:
+                raise RuntimeError("the service is stopping")
+            # every input cut by the old buffers runs with the old model first
+            if not served.worker.swap(route, SWAP_TIMEOUT_S):
+                raise RuntimeError(
+                    f"the inference worker did not finish its queue within {SWAP_TIMEOUT_S:g} s"
+                )
+            restarted = 0
+
+            def carry(old: Buffer, new: Buffer) -> None:
+                nonlocal restarted
+                if not isinstance(old, Restorable) or not isinstance(new, Restorable):
+                    return
+                try:
+                    new.restore(old.snapshot())
+                except (ValueError, TypeError, KeyError):
+                    restarted += 1
+
+            served.table.rebuild(
+                self._buffer_factory(route, served.worker, served.metrics, served.limit), carry
+            )
+            served.route = route
+            for suffix, control in route.controls.items():
+                self._controls[suffix] = (served, control)
+        finally:
+            self._handling.release()
+        return time.perf_counter() - start, restarted
+
+    def _families(self) -> list[str]:
+        return [s.route.family for s in self._served.values()]
+
+    def _summaries(self) -> None:
+        summary = Summary(self.metrics)
+        while not self._stop_requested.wait(self.config.summary_every):
+            if self._closing:
+                return
+            log.info("%s", summary.line())
 
     # ---------------------------------------------------------------- state across restarts
 

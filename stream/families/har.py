@@ -57,6 +57,7 @@ windows the original would have cut from the same further readings.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 from collections.abc import Mapping
@@ -524,7 +525,8 @@ class WindowBuffer:
         """Take over a :meth:`snapshot`; ValueError if it was cut for another layout.
 
         A snapshot without smoother state (saved with smoothing off, or before the service
-        smoothed) leaves this buffer's smoother fresh, as after a gap."""
+        smoothed), or with one of another number of classes (a model with other classes),
+        leaves this buffer's smoother fresh, as after a gap."""
         saved, mine = dict(state["layout"]), self.layout()
         if saved != mine:
             raise ValueError(f"the saved window layout {saved} differs from this one {mine}")
@@ -535,7 +537,8 @@ class WindowBuffer:
             raise ValueError(f"a saved partial window of shape {rows.shape} does not fit")
         smoothed = state.get("smoother")
         if self._smoother is not None and smoothed is not None:
-            self._smoother.restore(smoothed)
+            with contextlib.suppress(ValueError):
+                self._smoother.restore(smoothed)
         prev, timed = state["prev"], state["timed"]
         self._x[:n] = rows
         self._stamps[:n] = stamps
