@@ -857,6 +857,9 @@ class Service:
         while not self._stop_requested.wait(self.config.summary_every):
             if self._closing:
                 return
+            # the gauge follows messages (at most once a second): bring it up to date
+            for served in self._served.values():
+                served.metrics.devices.set(len(served.table))
             log.info("%s", summary.line())
 
     # ---------------------------------------------------------------- state across restarts

@@ -3,14 +3,17 @@
 Every figure is a difference of the Prometheus counters the service keeps anyway
 (:mod:`stream.metrics`) between two lines, so the log and ``/metrics`` cannot disagree:
 
-    event=summary period_s=60.0 devices=12 messages_per_s=240.0 windows_per_s=12.0
-    latency_ms_p50=1.6 latency_ms_p99=4.3 errors=har/malformed_json:3 drops=har/gap:99
+    event=summary period_s=60.0 devices=12 messages=14400 messages_per_s=240.0
+    windows=720 windows_per_s=12.0 latency_ms_p50=1.6 latency_ms_p99=4.3
+    errors=har/malformed_json:3 drops=har/gap:99
 
 ``devices`` is ``harstream_devices_active`` (ids with a live buffer, all families);
 the latency quantiles are interpolated within the buckets of ``harstream_latency_seconds``
 as Prometheus' ``histogram_quantile`` does (its buckets double from 0.5 ms, so a figure is
 within a factor of two of the true one; above its last bound, 5 s, ``>5000``). Errors and
-drops list ``family/kind:count`` for the kinds that occurred since the last line.
+drops list ``family/kind:count`` for the kinds that occurred since the last line (``0``
+when none did); messages, windows, errors and drops are counts since the last line, so the
+lines of a log add up to the totals on ``/metrics``.
 """
 
 from __future__ import annotations
@@ -103,10 +106,12 @@ class Summary:
                 totals[name] += delta(key)
         p50, p99 = (quantile(q, latency) * 1000.0 for q in (0.5, 0.99))
         last_bound = max((b for b in latency if not math.isinf(b)), default=0.0) * 1000.0
+        messages = totals["harstream_messages_total"]
+        windows = totals["harstream_windows_classified_total"]
         return (
             f"event=summary period_s={period:.1f} devices={devices:.0f} "
-            f"messages_per_s={totals['harstream_messages_total'] / period:.1f} "
-            f"windows_per_s={totals['harstream_windows_classified_total'] / period:.1f} "
+            f"messages={messages:.0f} messages_per_s={messages / period:.1f} "
+            f"windows={windows:.0f} windows_per_s={windows / period:.1f} "
             f"latency_ms_p50={_ms(p50, last_bound)} latency_ms_p99={_ms(p99, last_bound)} "
             f"errors={_by_kind(kinds['errors'])} drops={_by_kind(kinds['drops'])}"
         )
