@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from bus_client import WAIT, Client
+from test_stream_calibration import SERVE, bout, calibrate, send
 from test_stream_service import Streamer, _serve_process, assert_every_window_once
 
 from harstream.models.checkpoint import META_FILE, PARAMS_FILE
@@ -106,6 +107,27 @@ def test_a_bad_checkpoint_keeps_the_old_model_and_says_why(serve, device, model,
     assert service.metrics.value("harstream_reloads_total", family="har", result="failed") == 1
     (record,) = [r for r in caplog.records if "event=reload_failed" in r.message]
     assert record.levelno == logging.ERROR and "still serving har-cnn@test" in record.message
+
+
+def test_a_calibration_stays_with_the_model_version_it_was_made_for(serve, device, model, tmp_path):
+    service = serve(models={"har": model}, calibration_store=tmp_path / "cal.sqlite", **SERVE)
+    calibrate(device, "w", bout(0, (0.0, 10.0, 10.0), 6), bout(1, (0.0, 0.0, -10.0), 4))
+    later = bout(2, (-10.0, -10.0, -10.0), 4)
+
+    def next_prediction(k: int) -> dict:
+        send(device, "w", later[k : k + 1], 10 + k)
+        return device.wait_for("w", 11 + k)[-1]
+
+    assert next_prediction(0)["calibrated"]
+    assert service.reload() == {}  # the same version: its calibration comes back
+    assert next_prediction(1)["calibrated"]
+    new_version(model, "test-2")
+    assert service.reload() == {}
+    pred = next_prediction(2)
+    assert pred["model"] == "har-cnn@test-2" and not pred["calibrated"], "set aside"
+    new_version(model, "test")
+    assert service.reload() == {}
+    assert next_prediction(3)["calibrated"], "its version is back, and so is it"
 
 
 def test_the_reload_topic_is_off_unless_asked_for(serve, device, model, prefix, broker):
