@@ -355,8 +355,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "rtt_warn_ms",
         "float",
         20.0,
-        "warn at start when the median QoS 1 round trip through the broker is longer than "
-        "this (Mosquitto without set_tcp_nodelay: about 40 ms)",
+        "warn at start when a round trip through the broker (90th percentile of 20 QoS 1 "
+        "probes) is longer than this (Mosquitto without set_tcp_nodelay: 41-48 ms)",
         "MS",
     ),
     Option(
