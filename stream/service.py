@@ -297,9 +297,9 @@ class Service:
         threading.Thread(target=target, name=f"harstream-{name}", daemon=True).start()
 
     def _measure_rtt(self) -> None:
-        """Time QoS 1 round trips through the broker; warn once when the median is over
-        ``--rtt-warn-ms``, with the fix; then publish the retained ``online`` status with
-        it (later connects publish their own), and set the gauge."""
+        """Time QoS 1 round trips through the broker; warn once when their 90th percentile
+        is over ``--rtt-warn-ms``, with the fix; set the gauge, then publish the retained
+        ``online`` status with the figure (later connects publish their own)."""
         try:
             self._report_rtt(self._roundtrip.measure(self._client))
         finally:
@@ -765,7 +765,8 @@ class Service:
 
         with self._reload_lock:
             loaded, errors = {}, {}
-            log.info("event=reload_started families=%s", ",".join(self._families()))
+            families = ",".join(s.route.family for s in self._served.values())
+            log.info("event=reload_started families=%s", families)
             for served in list(self._served.values()):
                 family, old = served.route.family, served.route.predictor.tag
                 start = time.perf_counter()
@@ -817,6 +818,8 @@ class Service:
         """Serve ``route`` instead of ``served.route``: returns how long the MQTT thread
         waited, and how many devices restarted their input (a snapshot the new route's
         buffers refuse: another window layout). Raises when it cannot swap."""
+        # the new route must make buffers before the point of no return (the worker's swap)
+        route.new_buffer("", DeviceSink("", served.worker, served.metrics))
         if not self._handling.acquire(timeout=HANDLER_GRACE_S):
             raise RuntimeError("the MQTT thread is stuck in a message handler")
         start = time.perf_counter()
@@ -836,7 +839,7 @@ class Service:
                     return
                 try:
                     new.restore(old.snapshot())
-                except (ValueError, TypeError, KeyError):
+                except Exception:  # whatever the new buffer refuses, the device starts afresh
                     restarted += 1
 
             served.table.rebuild(
@@ -848,9 +851,6 @@ class Service:
         finally:
             self._handling.release()
         return time.perf_counter() - start, restarted
-
-    def _families(self) -> list[str]:
-        return [s.route.family for s in self._served.values()]
 
     def _summaries(self) -> None:
         summary = Summary(self.metrics)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import replace
 
 import numpy as np
+from bus_client import WAIT
 
 from harstream.stream.engine import DeviceSink, InferenceWorker
 from harstream.stream.metrics import ServiceMetrics
@@ -130,3 +133,44 @@ def test_a_lone_input_does_not_wait_for_company():
         time.sleep(0.01)
     assert published == [("pre/alone/out", b"alone:0:12")] and predictor.calls == [1]
     worker.stop()
+
+
+def test_a_swap_runs_every_input_queued_before_it_with_the_old_model():
+    worker, old, published, _, fm = make_worker(max_wait_s=0.05)  # batches would span it
+    sink = DeviceSink("d", worker, fm)
+    for i in range(3):
+        sink.emit(np.full((4, 3), 1.0, np.float32), i, 0.0)
+    new = CountingPredictor()
+    new.tag = "sum@2"
+
+    def encode_new(device, info, out, p, latency) -> bytes:
+        return f"{device}:{info}:{p.tag}".encode()
+
+    route = replace(worker.route, predictor=new, encode=encode_new)
+    worker.start()
+    assert worker.swap(route, timeout=10.0)
+    for i in range(3, 5):
+        sink.emit(np.full((4, 3), 1.0, np.float32), i, 0.0)
+    assert worker.stop()
+    assert [payload for _, payload in published] == [
+        b"d:0:12", b"d:1:12", b"d:2:12", b"d:3:sum@2", b"d:4:sum@2"
+    ]  # fmt: skip
+    assert sum(old.calls) == 3 and sum(new.calls) == 2
+    assert worker.route is route
+
+
+def test_a_swap_the_worker_does_not_take_in_time_is_cancelled():
+    worker, predictor, published, _, fm = make_worker()
+    release = threading.Event()
+    forward = predictor.predict_outputs
+    predictor.predict_outputs = lambda x: release.wait(WAIT) and forward(x)  # a stuck batch
+    current = worker.route
+    sink = DeviceSink("d", worker, fm)
+    sink.emit(np.zeros((4, 3), np.float32), 0, 0.0)
+    worker.start()
+    assert not worker.swap(replace(current, family="late"), timeout=0.2)
+    release.set()
+    sink.emit(np.zeros((4, 3), np.float32), 1, 0.0)
+    assert worker.stop()
+    assert worker.route is current, "a cancelled swap must not be taken later"
+    assert len(published) == 2
