@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from harstream import __version__, families
 from harstream.bench import cli as bench_cli
+from harstream.dashboard import cli as dashboard_cli
 from harstream.extras import MissingExtra, require
 from harstream.replay import cli as replay_cli
 from harstream.stream import cli as serve_cli
@@ -49,7 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         groups[name] = sub.add_subparsers(dest="target", metavar="FAMILY", required=True)
     # serve, then each family's train/evaluate commands (from the table of families), then
     # the tools; imported statically, so a broken module is an error, never a missing command
-    for area in (serve_cli, *(f.cli for f in families.FAMILIES), replay_cli, bench_cli):
+    for area in (
+        serve_cli,
+        *(f.cli for f in families.FAMILIES),
+        replay_cli,
+        dashboard_cli,
+        bench_cli,
+    ):
         area.register(groups)
     add_log_flags(parser, default="INFO")
     return parser
