@@ -129,7 +129,9 @@ examples:
 DEMO_EPILOG = """\
 Uses the MQTT broker at localhost:1883, or starts the embedded one there when none runs;
 starts the service in this process with the shipped models; streams the devices and shows
-a live table. Ctrl-C (or --duration) ends it with a summary and leaves nothing running.
+a live table, and the same on a web page (harstream dashboard, at the address it prints;
+--no-dashboard turns it off). Ctrl-C (or --duration) ends it with a summary and leaves
+nothing running.
 """
 
 
@@ -236,6 +238,21 @@ def register(groups: dict[str, Any]) -> None:
     add_options(demo.add_argument_group("model"), DEMO_OPTIONS[1:])
     add_broker_arguments(demo)
     add_options(demo.add_argument_group("embedded broker"), DEMO_OPTIONS[:1])
+    page = demo.add_argument_group("dashboard")
+    page.add_argument(
+        "--dashboard",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve the live web page of harstream dashboard on 127.0.0.1 and print its "
+        "address (--no-dashboard: the terminal table only; default: on)",
+    )
+    page.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=8050,
+        metavar="PORT",
+        help="the page's port (default: 8050; any free port when that one is taken)",
+    )
     demo.set_defaults(func=_run("harstream.replay.demo", "run_demo"))
 
 

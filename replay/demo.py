@@ -6,7 +6,8 @@ lifetime. The service runs in this process with the shipped models; several devi
 (recordings from ``--data``, else SIMULATED devices) stream at 20 Hz through the same run
 loop as ``harstream replay --compare``, and a live table shows each device's true and
 predicted activity (smoothed over recent windows, beside each window's own "raw" answer,
-with a count of the flips smoothing removed). One text message and one series go through
+with a count of the flips smoothing removed), and the same on the web page of
+``harstream dashboard`` (unless ``--no-dashboard``). One text message and one series go through
 the bus when those model families are installed. Topics use the prefix ``demo`` so that a
 service already running on the same broker is neither fed nor disturbed (its retained
 status stays its own).
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -39,6 +40,9 @@ from harstream.stream.config import ConfigError, ServeConfig, resolve
 from harstream.stream.connection import BrokerConfig, broker_config, default_client_id
 from harstream.stream.contract import topic
 from harstream.stream.preflight import BrokerError, check_broker
+
+if TYPE_CHECKING:
+    from harstream.dashboard.app import Dashboard
 
 PREFIX = "demo"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -303,19 +307,37 @@ def run_demo(args: argparse.Namespace) -> int:
                 return fail("demo", f"cannot load the HAR model (give --model PATH): {exc}")
             missing[family] = f"not available in this installation: {exc}"
     service = Service(config, routes=list(routes.values()))
+    dashboard = None
     try:
         service.start()
         client_cfg = dataclasses.replace(service.broker_config, client_id=cfg.client_id)
         if service.embedded_broker is not None:
             print(f"no broker was running: started the embedded one at {client_cfg.url}")
-        return _stream(args, client_cfg, routes, missing, devices, streams, what)
+        if args.dashboard:
+            dashboard = _start_dashboard(client_cfg, args.dashboard_port)
+            print(f"dashboard: open {dashboard.url} in a browser", flush=True)
+        return _stream(args, client_cfg, routes, missing, devices, streams, what, dashboard)
     except (ConnectionError, BrokerUnavailable) as exc:
         return fail("demo", str(exc), EXIT_BROKER)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
+        if dashboard is not None:
+            dashboard.stop()
         service.stop()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         print("demo stopped: service, connections and any embedded broker are shut down")
+
+
+def _start_dashboard(cfg: BrokerConfig, port: int) -> Dashboard:
+    """The demo's web page on 127.0.0.1: ``port``, or any free one when it is taken."""
+    from harstream.dashboard.app import Dashboard, DashboardSettings
+
+    page_cfg = dataclasses.replace(cfg, client_id=f"{cfg.client_id}-dashboard")
+    try:
+        dashboard = Dashboard(page_cfg, PREFIX, DashboardSettings(port=port))
+    except OSError:
+        dashboard = Dashboard(page_cfg, PREFIX, DashboardSettings(port=0))
+    return dashboard.start()
 
 
 def _stream(
@@ -326,6 +348,7 @@ def _stream(
     devices: list[str],
     streams: list[Iterator[Chunk]],
     what: str,
+    dashboard: Dashboard | None,
 ) -> int:
     """Stream the devices with the live table until ``--duration`` or Ctrl-C; summary."""
     simulated = not args.data
@@ -336,6 +359,8 @@ def _stream(
     with Runner(cfg, settings, devices) as runner:
         title = f"harstream demo: {what} -> {cfg.url}, model {routes['har'].predictor.tag}"
         table = LiveTable(runner.scoreboard, devices, title)
+        if dashboard is not None:
+            table.notes.append(f"dashboard: {dashboard.url}")
         table.notes.append(
             f"{devices[0]} sends its first {DEMO_LABEL_S:g} s of one activity as a label; "
             "'cal': classified with the device's own calibration"
