@@ -31,9 +31,11 @@ def test_the_wheel_installs_only_the_harstream_package(wheel):
     tops = {name.split("/")[0] for name in wheel.namelist()}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"harstream"}
     names = set(wheel.namelist())
-    for package in ("models", "stream", "replay"):
+    for package in ("models", "stream", "replay", "dashboard"):
         assert f"harstream/{package}/__init__.py" in names
     assert any(n.startswith("harstream/models/weights/har-cnn/") for n in names)
+    for page in (ROOT / "dashboard" / "static").iterdir():  # the page works from an install
+        assert f"harstream/dashboard/static/{page.name}" in names
 
 
 def test_every_source_package_is_in_the_wheel(wheel):
@@ -43,6 +45,7 @@ def test_every_source_package_is_in_the_wheel(wheel):
         ("models", "harstream/models"),
         ("stream", "harstream/stream"),
         ("replay", "harstream/replay"),
+        ("dashboard", "harstream/dashboard"),
     ):
         for init in (ROOT / folder).rglob("__init__.py"):
             inner = init.relative_to(ROOT / folder).as_posix()
@@ -50,7 +53,7 @@ def test_every_source_package_is_in_the_wheel(wheel):
 
 
 def test_help_lists_every_command_beside_files_named_like_the_folders(tmp_path):
-    for name in ("stream.py", "models.py", "replay.py"):
+    for name in ("stream.py", "models.py", "replay.py", "dashboard.py"):
         (tmp_path / name).write_text("raise SystemExit('the wrong module was imported')\n")
     done = subprocess.run(
         [sys.executable, "-m", "harstream", "--help"],
@@ -60,5 +63,15 @@ def test_help_lists_every_command_beside_files_named_like_the_folders(tmp_path):
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    for command in ("train", "evaluate", "serve", "summary", "replay", "simulate", "demo", "bench"):
+    for command in (
+        "train",
+        "evaluate",
+        "serve",
+        "summary",
+        "replay",
+        "simulate",
+        "demo",
+        "dashboard",
+        "bench",
+    ):
         assert f"    {command} " in done.stdout, command

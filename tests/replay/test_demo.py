@@ -23,7 +23,7 @@ WITHOUT_TRAIN_EXTRA = (
 def test_demo_runs_for_its_duration_and_cleans_up() -> None:
     port = free_port()  # never 1883: the demo starts its embedded broker on this port
     cmd = [sys.executable, "-c", WITHOUT_TRAIN_EXTRA, "demo", "--duration", "10"]
-    cmd += ["--broker", f"mqtt://127.0.0.1:{port}", "--devices", "3"]
+    cmd += ["--broker", f"mqtt://127.0.0.1:{port}", "--devices", "3", "--no-dashboard"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=150)
     out = done.stdout
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -41,4 +41,5 @@ def test_demo_runs_for_its_duration_and_cleans_up() -> None:
         line = re.search(rf"^{family}: (.*)$", out, re.MULTILINE).group(1)
         assert "->" in line or "not available" in line, line
     assert "demo stopped" in out
+    assert "dashboard" not in out  # --no-dashboard (tests/dashboard open the page of a demo)
     assert not is_listening("127.0.0.1", port)
