@@ -327,7 +327,13 @@
     const bands = [["smoothed", 6, 26], ["window", 36, 14]];
     const confTop = 60;
     const confH = h - confTop - 18;
-    for (const [name, y, bh] of bands) ctx.fillText(name, 4, y + bh / 2 + 4);
+    for (const [name, y, bh] of bands) {
+      ctx.fillStyle = "#667";
+      ctx.fillText(name, 4, y + bh / 2 + 4);
+      ctx.fillStyle = "#f1f1f4"; // no answer there (yet)
+      ctx.fillRect(left, y, plotW, bh);
+    }
+    ctx.fillStyle = "#667";
     ctx.fillText("confidence", 4, confTop + confH / 2 + 4);
     ctx.strokeStyle = "#dde";
     ctx.strokeRect(left, confTop, plotW, confH);
@@ -352,8 +358,9 @@
       const [t, activity, raw] = points[i];
       if (t < start) continue;
       const next = i + 1 < points.length ? points[i + 1][0] : Math.min(end, t + 2);
-      const x0 = x(t);
-      const x1 = Math.max(x0 + 1, x(Math.min(next, t + 5))); // a gap over 5 s stays blank
+      // whole pixels, so that neighbouring points leave no hairline between them
+      const x0 = Math.floor(x(t));
+      const x1 = Math.max(x0 + 1, Math.ceil(x(Math.min(next, t + 5)))); // a gap over 5 s stays blank
       ctx.fillStyle = colour(activity);
       ctx.fillRect(x0, bands[0][1], x1 - x0, bands[0][2]);
       if (raw) {
