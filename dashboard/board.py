@@ -181,10 +181,11 @@ class Board:
             dev = self._device(device_id, live=live)
             since = _number(doc.get("since"))
             # ``since`` is on the device's clock: place it on ours through the latest window
-            # end (same clock) when there is one, else take the change as now.
+            # end (same clock) when there is one; a live change without it is taken as now,
+            # and a retained one (from before the dashboard started) leaves it unknown.
             if dev.device_time is not None and since is not None:
                 dev.since = self.clock() - max(0.0, dev.device_time - since)
-            elif live or dev.since is None:
+            elif live:
                 dev.since = self.clock()
             if dev.activity is None:
                 dev.activity = activity
@@ -208,7 +209,6 @@ class Board:
         now = self.clock()
         with self._lock:
             self._errors[kind] += 1
-            self._others_changed = True
             dev = self._device(device_id, live=True)
             dev.error_count += 1
             message = _text(doc.get("message")) or ""

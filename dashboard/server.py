@@ -146,6 +146,9 @@ class DashboardServer(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     server: DashboardServer
     protocol_version = "HTTP/1.1"
+    # a socket timeout: a page that stops reading its event stream for this long (a frozen
+    # tab, a dead link) frees its thread and its place among MAX_PAGES
+    timeout = 60
 
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("%s " + fmt, self.address_string(), *args)
@@ -159,8 +162,7 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in SECURITY_HEADERS.items():
             self.send_header(name, value)
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self.wfile.write(body)
 
     def _json(self, status: int, doc: Any) -> None:
         body = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -198,8 +200,6 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/api/snapshot":
             return self._send(HTTPStatus.OK, self._snapshot()[1], "application/json")
         return self._error(HTTPStatus.NOT_FOUND, "not found")
-
-    do_HEAD = do_GET  # noqa: N815
 
     def _snapshot(self) -> tuple[int, bytes]:
         return self.server.pusher.snapshot({"allow_actions": self.server.allow_actions})
