@@ -63,6 +63,7 @@ class LiveTable:
         self.devices = list(devices)
         self.title = title
         self.notes: list[str] = []
+        self.subtitle: str | None = None  # a line under the title (the dashboard's address)
         self.started = time.monotonic()
         self.tty = sys.stdout.isatty()
         self._drawn = 0
@@ -72,7 +73,7 @@ class LiveTable:
 
     def lines(self) -> list[str]:
         elapsed = time.monotonic() - self.started
-        out = [f"{self.title}   {elapsed:5.0f} s", ""]
+        out = [f"{self.title}   {elapsed:5.0f} s", *([self.subtitle] if self.subtitle else []), ""]
         out.append(
             f"{'device':<12} {'true activity':<14} {'predicted':<14} {'raw window':<12} "
             f"{'confidence':>10} {'latency':>10}"
@@ -360,7 +361,7 @@ def _stream(
         title = f"harstream demo: {what} -> {cfg.url}, model {routes['har'].predictor.tag}"
         table = LiveTable(runner.scoreboard, devices, title)
         if dashboard is not None:
-            table.notes.append(f"dashboard: {dashboard.url}")
+            table.subtitle = f"dashboard: {dashboard.url}"
         table.notes.append(
             f"{devices[0]} sends its first {DEMO_LABEL_S:g} s of one activity as a label; "
             "'cal': classified with the device's own calibration"

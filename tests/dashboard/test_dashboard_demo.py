@@ -56,4 +56,6 @@ def test_the_demo_prints_its_dashboard_and_the_page_follows_it(browser, tmp_path
         demo.send_signal(signal.SIGINT)
         assert demo.wait(60) == 0, "".join(lines)[-3000:]
         reader.join()
-    assert "demo stopped" in "".join(lines)
+    out = "".join(lines)
+    assert "demo stopped" in out
+    assert re.search(rf"^dashboard: {re.escape(url)}$", out, re.MULTILINE)  # under the table
