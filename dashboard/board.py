@@ -36,6 +36,13 @@ RATE_WINDOW_S = 10  # windows per second: averaged over the last 10 s
 TEXT_KEPT = 50  # latest text classifications shown
 SERIES_KEPT = 50  # series ids followed (least recently updated dropped)
 SERIES_POINTS = 120  # values and forecasts per series
+# Whoever may publish on the service's topics could send megabyte labels or endless error
+# kinds: names are cut to 100 characters, messages to 300, and kinds and classes capped.
+MAX_NAME = 100
+MAX_MESSAGE = 300
+MAX_TEXT = 500  # of a text message (the service takes up to 4,096 characters)
+MAX_KINDS = 50  # error kinds counted separately (the contract has about 15); then "other"
+MAX_CLASSES = 64
 
 
 @dataclass
@@ -82,8 +89,9 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+def _text(value: Any, limit: int = MAX_NAME) -> str | None:
+    """A string from a message, cut to ``limit`` characters, else None."""
+    return value[:limit] if isinstance(value, str) else None
 
 
 class Board:
@@ -164,8 +172,8 @@ class Board:
             while history and history[0][0] < now - self.history_s:
                 history.popleft()
             probs = doc.get("probs")
-            if isinstance(probs, dict) and list(probs) != self._classes:
-                self._classes = [str(k) for k in probs]
+            if isinstance(probs, dict) and list(probs)[:MAX_CLASSES] != self._classes:
+                self._classes = [str(k)[:MAX_NAME] for k in probs][:MAX_CLASSES]
                 self._others_changed = True
             latency = _number(doc.get("latency_ms"))
             if latency is not None:
@@ -208,11 +216,13 @@ class Board:
         kind = _text(doc.get("error")) or "unknown"
         now = self.clock()
         with self._lock:
+            if kind not in self._errors and len(self._errors) >= MAX_KINDS:
+                kind = "other"
             self._errors[kind] += 1
             dev = self._device(device_id, live=True)
             dev.error_count += 1
-            message = _text(doc.get("message")) or ""
-            dev.errors.append({"t": now, "kind": kind, "message": message[:300]})
+            message = _text(doc.get("message"), MAX_MESSAGE) or ""
+            dev.errors.append({"t": now, "kind": kind, "message": message})
 
     def on_status(self, doc: dict[str, Any]) -> None:
         """The retained ``<prefix>/service/status``."""
@@ -220,7 +230,10 @@ class Board:
         with self._lock:
             self._status = {
                 "status": _text(doc.get("status")) or "unknown",
-                "models": {str(k): str(v) for k, v in models.items()},
+                "models": {
+                    str(k)[:MAX_NAME]: str(v)[:MAX_NAME]
+                    for k, v in list(models.items())[:MAX_CLASSES]
+                },
                 "client_id": _text(doc.get("client_id")),
                 "time": _number(doc.get("time")),
             }
@@ -233,7 +246,7 @@ class Board:
     def on_text(self, device_id: str, text: str) -> None:
         """A message on ``<prefix>/<id>/text``, kept until its classification arrives."""
         with self._lock:
-            self._pending_text[device_id] = text[:500]
+            self._pending_text[device_id] = text[:MAX_TEXT]
             self._pending_text.move_to_end(device_id)
             while len(self._pending_text) > TEXT_KEPT:
                 self._pending_text.popitem(last=False)

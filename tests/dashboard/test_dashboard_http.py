@@ -114,3 +114,49 @@ def test_actions_are_refused_unless_allowed(dashboard, device):
         {"activity": "walking", "seconds": 8.0},
         {"reset": True},
     ]
+
+
+HOSTILE_PAYLOADS = [
+    b"",
+    b"\xff\xfe\x00",
+    b"null",
+    b"[]",
+    b"[" * 10_000 + b"]" * 10_000,
+    b'{"activity": {"nested": 1}, "confidence": "x"}',
+    b'{"activity": "' + b"a" * 60_000 + b'", "probs": {"x": 1e308}}',
+    b'{"classes": {"a": 1e999}}',
+    b'{"values": "abc", "value": [1]}',
+    b'{"forecast": 1, "after": 3, "horizon": "x"}',
+    b'{"error": ["x"], "message": 3}',
+    b'{"status": {"online": true}, "models": [1, 2]}',
+]
+SUFFIXES = [
+    "activity",
+    "state",
+    "calibration",
+    "errors",
+    "text",
+    "text/class",
+    "series",
+    "series/forecast",
+]
+
+
+def test_hostile_messages_on_every_topic_leave_it_working(dashboard, device, caplog):
+    board = dashboard()
+    for payload in HOSTILE_PAYLOADS:
+        for suffix in SUFFIXES:
+            device.publish("evil", payload, suffix=suffix)
+        device.client.publish(f"{device.prefix}/service/status", payload, qos=1)
+    device.publish("good", prediction("good", "walking"), suffix="activity")
+    device.wait_for("good", 1)
+    for _ in range(100):
+        response, body = request(board.url, "/api/device?id=good")
+        if response.status == 200:
+            break
+        time.sleep(0.05)
+    assert json.loads(body)["row"]["a"] == "walking"
+    snapshot = json.loads(request(board.url, "/api/snapshot")[1])
+    evil = next(r for r in snapshot["rows"] if r["id"] == "evil")
+    assert len(evil["a"] or "") <= 100
+    assert not [r for r in caplog.records if r.name.startswith("harstream.dashboard")]
