@@ -91,9 +91,12 @@ class Pusher:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            doc = self.board.delta()
-            data = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+            # under the same lock as snapshot(): a page's snapshot is either before this
+            # delta (and gets it) or after it (and skips it), never fresher than a delta
+            # it then applies
             with self._cond:
+                doc = self.board.delta()
+                data = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
                 self._seq += 1
                 self._log.append((self._seq, data))
                 self._cond.notify_all()
@@ -248,7 +251,8 @@ class Handler(BaseHTTPRequestHandler):
         # this server never grants: only the dashboard's own page can post here.
         if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
             return self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send application/json")
-        length = int(self.headers.get("Content-Length") or 0)
+        declared = self.headers.get("Content-Length", "")
+        length = int(declared) if declared.isdigit() else 0
         if not 0 < length <= MAX_BODY:
             return self._error(HTTPStatus.BAD_REQUEST, "body missing or too long")
         try:
