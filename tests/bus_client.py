@@ -16,6 +16,11 @@ from harstream.stream.connection import BrokerConfig, connect, make_client
 
 T0 = 1_700_000_000.0
 WAIT = 20.0
+# The service filters the model's own probabilities and publishes them rounded to 4
+# decimals. Rounding moves a probability near the smoother's floor of 1e-4 by up to 50%,
+# 13% once tempered (beta 0.3), so the offline filter over the published ones lands
+# within this of the service's confidence (0.0005 apart in these tests).
+ROUNDED = 5e-3
 
 
 class Client:
@@ -134,15 +139,15 @@ def assert_smoothed(client: Client, device: str, restarts: tuple[int, ...] = ())
     preds = sorted(client.json_of(device), key=lambda p: p["seq"])
     expected = offline_smoothing(preds, restarts)
     for pred, want in zip(preds, expected, strict=True):
-        best = max(pred["probs"], key=pred["probs"].get)
-        assert pred["raw"] == {"activity": best, "confidence": pred["probs"][best]}
+        raw = pred["raw"]  # the argmax before rounding: one of the largest rounded values
+        assert raw["confidence"] == pred["probs"][raw["activity"]] == max(pred["probs"].values())
         assert pred["activity"] == want["activity"], (device, pred["seq"])
-        assert pred["confidence"] == pytest.approx(want["confidence"], rel=1e-9)
+        assert pred["confidence"] == pytest.approx(want["confidence"], abs=ROUNDED)
     states = client.json_of(device, "state")
     wanted = [w["state"] for w in expected if w["state"]]
     assert len(states) == len(wanted), (states, wanted)
     for got, want in zip(states, wanted, strict=True):
-        assert got["confidence"] == pytest.approx(want.pop("confidence"), rel=1e-9)
+        assert got["confidence"] == pytest.approx(want.pop("confidence"), abs=ROUNDED)
         assert {k: got[k] for k in want} == want and len(got) == len(want) + 1
     return states
 

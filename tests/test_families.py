@@ -60,7 +60,7 @@ def toy_route(config: Any, predictor: Predictor | None = None) -> Route:
         return number(orjson.loads(payload), "the payload")
 
     def encode(device: str, _info: Any, out: np.ndarray, _p: Any, _latency_ms: float) -> bytes:
-        return orjson.dumps({"id": device, "value": float(out)})
+        return orjson.dumps({"device": device, "value": float(out)})
 
     return Route(
         "toy", "toy", "toy/scaled", decode, lambda _id, sink: OneValue(sink), predictor, encode
@@ -122,6 +122,6 @@ def test_the_toy_family_is_served_through_a_real_broker(toy, broker, prefix):
         with Service(config):
             device.publish("meter-1", b"21.5", suffix="toy")
             (out,) = device.wait_for("meter-1", 1, "toy/scaled")
-        assert out == {"id": "meter-1", "value": 43.0}
+        assert out == {"device": "meter-1", "value": 43.0}
     finally:
         device.close()

@@ -70,6 +70,7 @@ from harstream.models.har.smoothing import DeviceSmoother, SmootherParams
 from harstream.models.har.timebase import MAX_TIME_S, scale_by_size, time_scale
 from harstream.models.har.windows import RATE_HZ
 from harstream.stream.calibration_store import SqliteStore
+from harstream.stream.contract import probabilities, probability
 from harstream.stream.families.har_labels import (
     LABEL_SUFFIX,
     Calibrator,
@@ -757,15 +758,16 @@ def build(config: Any, predictor: Any = None) -> Route:
         values = probs.tolist()
         best = int(probs.argmax())
         smoother = info.smoother
-        doc = {"device": device, "activity": labels[best], "confidence": values[best]}
+        confidence = probability(values[best])
+        doc = {"device": device, "activity": labels[best], "confidence": confidence}
         if smoother is not None:
             # on the inference worker, which takes one device's windows in order; calibrated
             # probabilities are filtered with the smoother's calibrated settings
             smoothed = smoother.update(values, info.end, info.segment, calibrated)
             label = smoother.label
-            doc["activity"], doc["confidence"] = labels[label], smoothed[label]
-            doc["raw"] = {"activity": labels[best], "confidence": values[best]}
-        doc["probs"] = dict(zip(labels, values, strict=True))
+            doc["activity"], doc["confidence"] = labels[label], probability(smoothed[label])
+            doc["raw"] = {"activity": labels[best], "confidence": confidence}
+        doc["probs"] = probabilities(labels, values)
         doc["window"] = {"start": info.start, "end": info.end, "samples": window}
         doc["model"] = tag
         doc["seq"] = info.seq

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from harstream.stream.payloads import json_error, number
+from harstream.stream.payloads import encode_json, json_error, number
 from harstream.stream.routes import PayloadError, Route, Sink, load_family_predictor
 
 FAMILY = "series"
@@ -110,10 +110,11 @@ def build(config: Any, predictor: Any = None) -> Route:
 
     def encode(stream_id: str, info: Any, out: np.ndarray, _p: Any, latency_ms: float) -> bytes:
         seq, t = info
-        return orjson.dumps(
+        return encode_json(
             {
-                "id": stream_id,
-                "forecast": float(out),
+                "device": stream_id,
+                # the float32 value's shortest form: 28.800915, not 28.800914764404297
+                "forecast": np.float32(out),
                 "horizon": 1,
                 "after": {"seq": seq, "t": t},
                 "model": tag,

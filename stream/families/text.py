@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 
 from harstream.models.text.data import TextEncoder
+from harstream.stream.contract import probabilities, probability
 from harstream.stream.payloads import json_error
 from harstream.stream.routes import PayloadError, Route, Sink, load_family_predictor
 
@@ -89,10 +90,10 @@ def build(config: Any, predictor: Any = None) -> Route:
         best = int(probs.argmax())
         return orjson.dumps(
             {
-                "id": stream_id,
+                "device": stream_id,
                 "label": labels[best],
-                "confidence": values[best],
-                "probs": dict(zip(labels, values, strict=True)),
+                "confidence": probability(values[best]),
+                "probs": probabilities(labels, values),
                 "model": tag,
                 "seq": seq,
                 "latency_ms": round(latency_ms, 3),

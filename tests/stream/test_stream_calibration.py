@@ -85,7 +85,7 @@ def test_labels_calibrate_the_device_and_only_it(serve, device, broker, har_pred
     after = preds[10:]
     assert all(p["calibrated"] for p in after)
     want, cnn = offline(har_predictor, sitting, walking, test)
-    np.testing.assert_allclose([probs_of(p) for p in after], want, atol=1e-5)
+    np.testing.assert_allclose([probs_of(p) for p in after], want, atol=1e-4)
     assert not np.allclose(want, cnn, atol=1e-3), "calibration must change the answer"
     # smoothed with the default settings up to the calibration, the calibrated ones after
     assert_smoothed(device, "wrist-a")
@@ -95,7 +95,7 @@ def test_labels_calibrate_the_device_and_only_it(serve, device, broker, har_pred
     assert not any(p["calibrated"] for p in others)
     assert not device.json_of("wrist-b", "calibration")
     np.testing.assert_allclose(
-        [probs_of(p) for p in sorted(others, key=lambda p: p["seq"])[10:]], cnn, atol=1e-5
+        [probs_of(p) for p in sorted(others, key=lambda p: p["seq"])[10:]], cnn, atol=1e-4
     )
     # the calibration is retained: a client that subscribes now gets it at once
     late = Client(broker.host, broker.port, device.prefix, broker.mqtt_version)
@@ -173,4 +173,4 @@ def test_a_restart_keeps_the_calibration(serve, device, har_predictor, windows, 
     after = [p for p in preds if p["window"]["start"] >= T0 + 100 * WINDOW_S]
     assert len(after) == 4 and all(p["calibrated"] for p in after)
     want, _ = offline(har_predictor, sitting, walking, test)
-    np.testing.assert_allclose([probs_of(p) for p in after], want, atol=1e-5)
+    np.testing.assert_allclose([probs_of(p) for p in after], want, atol=1e-4)

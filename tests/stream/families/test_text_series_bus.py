@@ -42,8 +42,12 @@ def test_text_messages_are_classified(bus):
     client.publish("phone-1", {"text": HAM}, suffix="text")
     first, second = client.wait_for("phone-1", 2, suffix="text/class")
     assert (first["label"], second["label"]) == ("spam", "ham")
-    assert first["id"] == "phone-1" and first["model"] == predictors["text"].tag
+    # the same id field as HAR predictions and every error: "device"
+    assert first["device"] == "phone-1" and "id" not in first
+    assert first["model"] == predictors["text"].tag
     assert set(first["probs"]) == {"ham", "spam"}
+    assert all(round(p, 4) == p for p in first["probs"].values())  # 4 decimals
+    assert sum(first["probs"].values()) == pytest.approx(1.0, abs=1e-4)
     assert first["confidence"] == pytest.approx(max(first["probs"].values()))
     assert first["latency_ms"] >= 0
 
@@ -59,7 +63,7 @@ def test_series_forecast_after_k_values(bus):
     first, second = client.wait_for("meter", 2, suffix="series/forecast")
     client.settle()
     assert len(client.json_of("meter", "series/forecast")) == 2  # nothing before k values
-    assert first["id"] == "meter" and first["horizon"] == 1
+    assert first["device"] == "meter" and "id" not in first and first["horizon"] == 1
     assert first["model"] == predictors["series"].tag
     assert first["after"] == {"seq": k, "t": 1_700_000_000.0}
     assert second["after"]["seq"] == k + 1
