@@ -35,7 +35,7 @@ DEMO_OPTIONS = (
 
 
 def _add_connection(parser: argparse.ArgumentParser) -> None:
-    add_broker_arguments(parser)
+    add_broker_arguments(parser, persistent=False)
     group = parser.add_argument_group("service (as configured for harstream serve)")
     add_options(group, _serve_options("prefix", "hop", "max_gap"))
     group.add_argument(
@@ -236,7 +236,7 @@ def register(groups: dict[str, Any]) -> None:
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     add_options(demo.add_argument_group("model"), DEMO_OPTIONS[1:])
-    add_broker_arguments(demo)
+    add_broker_arguments(demo, persistent=False)
     add_options(demo.add_argument_group("embedded broker"), DEMO_OPTIONS[:1])
     page = demo.add_argument_group("dashboard")
     page.add_argument(

@@ -24,7 +24,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -73,7 +73,7 @@ BROKER_OPTIONS: tuple[Option, ...] = (
         "client_id",
         "str",
         None,
-        "stable MQTT client id (keeps the persistent session); serve's default is "
+        "stable MQTT client id (keeps the persistent session); the default is "
         "harstream-serve-<host>, with a short hash of --prefix and --families appended "
         "unless both are the defaults; give each process on one broker its own",
     ),
@@ -137,10 +137,29 @@ def parse_broker_url(url: str) -> tuple[str, int, bool, str | None, str | None]:
     return parts.hostname, port, tls, user, password
 
 
-def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the broker flags (``--broker``, ``--username``, TLS files, ...) to ``parser``."""
+# How a tool's client id reads in its help: tools (replay, simulate, demo, bench) connect
+# with a fresh session each run, so --session-expiry means nothing to them and is left out.
+TOOL_CLIENT_ID_HELP = (
+    "MQTT client id of this tool's connections (default: harstream-<command>-<host>-<pid>); "
+    "each run starts a fresh session, and nothing is kept after it"
+)
+
+
+def add_broker_arguments(
+    parser: argparse.ArgumentParser, *, persistent: bool = True, omit: Sequence[str] = ()
+) -> None:
+    """Add the broker flags (``--broker``, ``--username``, TLS files, ...) to ``parser``;
+    ``persistent=False`` for a tool without a persistent session, ``omit`` the names of
+    options the command does not use."""
+    options = tuple(o for o in BROKER_OPTIONS if o.name not in omit)
+    if not persistent:
+        options = tuple(
+            replace(o, help=TOOL_CLIENT_ID_HELP) if o.name == "client_id" else o
+            for o in options
+            if o.name != "session_expiry"
+        )
     group = parser.add_argument_group("broker connection")
-    add_options(group, BROKER_OPTIONS)
+    add_options(group, options)
 
 
 def broker_config(

@@ -135,8 +135,8 @@ topic prefix). --sweep raises the number of devices until p99 passes --bound-ms,
 are lost or the load generator falls behind, and reports the largest number that held.
 The publishers speak MQTT 3.1.1 through a lean client of their own (pre-encoded packets,
 so that they leave the CPU to the service): of the broker connection options below,
---mqtt-version, --keepalive, --max-inflight and --session-expiry apply to the services
-only.
+--mqtt-version sets the services' protocol, --keepalive and --max-inflight only that of
+the client that waits for a service to come online.
 """
 
 E2E_EPILOG = """\
@@ -234,7 +234,7 @@ def _register_e2e(sub: argparse._SubParsersAction) -> None:
         metavar="PNG",
         help="draw latency and throughput vs devices (needs matplotlib: the train extra)",
     )
-    add_broker_arguments(p)
+    add_broker_arguments(p, persistent=False, omit=("client_id",))  # each connection has its own
     p.set_defaults(func=_run_e2e)
 
 

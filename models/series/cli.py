@@ -39,16 +39,25 @@ def register(groups: dict[str, Any]) -> None:
     )
     train.add_argument("--data", help="one number per line, or a CSV with a value column")
     train.add_argument("--column", help="CSV column to read (default: value, y or x)")
-    train.add_argument("--model", choices=("lstm", "mlp"), default="lstm")
-    train.add_argument("--window", type=int, default=5, help="k: values per forecast")
+    train.add_argument(
+        "--model", choices=("lstm", "mlp"), default="lstm", help="architecture (default: lstm)"
+    )
+    train.add_argument("--window", type=int, default=5, help="k: values per forecast (default: 5)")
     train.add_argument(
         "--normalization", choices=("window", "global"), default="window",
-        help="window: scale each window by its own level and spread; global: fitted mean/std",
+        help="window: scale each window by its own level and spread; global: fitted mean/std "
+        "(default: window)",
     )  # fmt: skip
-    train.add_argument("--epochs", type=int, default=60)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--out", default="runs/series-lstm", help="checkpoint directory")
-    train.add_argument("--version", help="version string stored in the checkpoint")
+    train.add_argument(
+        "--epochs", type=int, default=60, help="most epochs (early stopping) (default: 60)"
+    )
+    train.add_argument(
+        "--seed", type=int, default=0, help="data, initialisation, shuffling (default: 0)"
+    )
+    train.add_argument(
+        "--out", default="runs/series-lstm", help="checkpoint directory (default: runs/series-lstm)"
+    )
+    train.add_argument("--version", help="version string stored in the checkpoint (default: today)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 

@@ -26,25 +26,42 @@ def register(groups: dict[str, Any]) -> None:
     train.add_argument(
         "--model", choices=("kim", "stack", "hybrid"), default="kim",
         help="kim: Kim (2014) parallel convolutions 3/4/5; stack: the article's 3 x "
-        "Conv1D(128,5); hybrid: Kim's CNN over words plus the same over characters",
+        "Conv1D(128,5); hybrid: Kim's CNN over words plus the same over characters, as the "
+        "shipped text-hybrid (default: kim)",
     )  # fmt: skip
-    train.add_argument("--out", default="runs/text-cnn", help="checkpoint directory to write")
-    train.add_argument("--epochs", type=int, default=30, help="most epochs (early stopping)")
-    train.add_argument("--batch-size", type=int, default=50)
-    train.add_argument("--lr", type=float, default=1e-3, help="Adam(W) learning rate")
-    train.add_argument("--seed", type=int, default=0, help="initialisation, shuffling, dropout")
-    train.add_argument("--split-seed", type=int, default=0, help="seed of the data split")
-    train.add_argument("--patience", type=int, default=5, help="epochs without improvement")
+    train.add_argument(
+        "--out",
+        default="runs/text-cnn",
+        help="checkpoint directory to write (default: runs/text-cnn)",
+    )
+    train.add_argument(
+        "--epochs", type=int, default=30, help="most epochs (early stopping) (default: 30)"
+    )
+    train.add_argument("--batch-size", type=int, default=50, help="messages per step (default: 50)")
+    train.add_argument(
+        "--lr", type=float, default=1e-3, help="Adam(W) learning rate (default: 0.001)"
+    )
+    train.add_argument(
+        "--seed", type=int, default=0, help="initialisation, shuffling, dropout (default: 0)"
+    )
+    train.add_argument(
+        "--split-seed", type=int, default=0, help="seed of the data split (default: 0)"
+    )
+    train.add_argument(
+        "--patience", type=int, default=5, help="epochs without improvement (default: 5)"
+    )
     train.add_argument(
         "--embeddings", metavar="FILE",
         help="pretrained word vectors in GloVe text format (e.g. glove.6B.100d.txt); "
         "words not in the file get random vectors; default: learn embeddings from scratch",
     )  # fmt: skip
-    train.add_argument("--embed-dim", type=int, default=100, help="embedding size")
+    train.add_argument("--embed-dim", type=int, default=100, help="embedding size (default: 100)")
     train.add_argument("--max-len", type=int, help="tokens per message (default: 99th pct.)")
     train.add_argument("--char-len", type=int, help="characters per message (hybrid)")
-    train.add_argument("--min-count", type=int, default=2, help="rarer training words are OOV")
-    train.add_argument("--version", help="version string stored in the checkpoint")
+    train.add_argument(
+        "--min-count", type=int, default=2, help="rarer training words are OOV (default: 2)"
+    )
+    train.add_argument("--version", help="version string stored in the checkpoint (default: today)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
 

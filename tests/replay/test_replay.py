@@ -242,3 +242,22 @@ def test_simulate_streams_labelled_devices_and_scores_them(service, broker, tmp_
     assert report["windows_expected"] >= 3
     assert report["windows_received"] == report["windows_expected"]
     assert report["windows_scored"] == report["windows_received"]
+
+
+@pytest.mark.parametrize("command", ["replay", "simulate", "demo"])
+def test_tools_offer_no_persistent_session_options(command, capsys) -> None:
+    """The tools connect with a fresh session each run: their help offers no session to
+    keep, while serve's still does."""
+    with pytest.raises(SystemExit):
+        main([*command.split(), "--help"])
+    tool = capsys.readouterr().out
+    assert "--client-id" in tool and "fresh session" in tool
+    assert "persistent session" not in tool and "--session-expiry" not in tool
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    serve = capsys.readouterr().out
+    assert "keeps the persistent session" in serve and "--session-expiry" in serve
+    with pytest.raises(SystemExit):
+        main(["bench", "e2e", "--help"])  # every connection of the bench gets an id of its own
+    bench = capsys.readouterr().out
+    assert "--client-id" not in bench and "--session-expiry" not in bench
