@@ -131,7 +131,7 @@ Uses the MQTT broker at localhost:1883, or starts the embedded one there when no
 starts the service in this process with the shipped models; streams the devices and shows
 a live table, and the same on a web page (harstream dashboard, at the address it prints;
 --no-dashboard turns it off). Ctrl-C (or --duration) ends it with a summary and leaves
-nothing running.
+nothing running, and nothing retained under <prefix>/ on a broker that keeps running.
 """
 
 
@@ -235,6 +235,13 @@ def register(groups: dict[str, Any]) -> None:
         "--duration", type=float, metavar="SECONDS", help="end after this long (default: Ctrl-C)"
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument(
+        "--prefix",
+        default="demo",
+        help="topic prefix of the demo's service and devices, so that a service or another "
+        "demo under another prefix on the same broker is not fed (default: demo; "
+        "HARSTREAM_PREFIX does not apply)",
+    )
     add_options(demo.add_argument_group("model"), DEMO_OPTIONS[1:])
     add_broker_arguments(demo, persistent=False)
     add_options(demo.add_argument_group("embedded broker"), DEMO_OPTIONS[:1])

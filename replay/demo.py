@@ -7,10 +7,14 @@ lifetime. The service runs in this process with the shipped models; several devi
 loop as ``harstream replay --compare``, and a live table shows each device's true and
 predicted activity (smoothed over recent windows, beside each window's own "raw" answer,
 with a count of the flips smoothing removed), and the same on the web page of
-``harstream dashboard`` (unless ``--no-dashboard``). One text message and one series go through
-the bus when those model families are installed. Topics use the prefix ``demo`` so that a
-service already running on the same broker is neither fed nor disturbed (its retained
-status stays its own).
+``harstream dashboard`` (unless ``--no-dashboard``). One text message and one series go
+through the bus when those model families are installed. Topics use the prefix ``demo``
+(or ``--prefix``) so that a service already running on the same broker is neither fed
+nor disturbed (its retained status stays its own), and two demos with different
+prefixes share a broker without feeding each other. On exit the demo clears the
+retained messages it made on a broker that outlives it (the service's status, each
+device's state and calibration), so a later subscriber to ``<prefix>/#`` finds nothing
+left over.
 """
 
 from __future__ import annotations
@@ -38,13 +42,14 @@ from harstream.replay.runner import Runner, RunSettings
 from harstream.stream.broker import is_listening
 from harstream.stream.config import ConfigError, ServeConfig, resolve
 from harstream.stream.connection import BrokerConfig, broker_config, default_client_id
-from harstream.stream.contract import topic
+from harstream.stream.contract import check_prefix, status_topic, topic
+from harstream.stream.families.har import STATE_SUFFIX
+from harstream.stream.families.har_labels import CALIBRATION_SUFFIX
 from harstream.stream.preflight import BrokerError, check_broker
 
 if TYPE_CHECKING:
     from harstream.dashboard.app import Dashboard
 
-PREFIX = "demo"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 REFRESH_S = 0.5
 SNAPSHOT_EVERY_S = 5.0  # when stdout is not a terminal, print the table this often
@@ -177,9 +182,15 @@ class SideMessages:
     """One text message and one numeric series through the bus, with their answers."""
 
     def __init__(
-        self, cfg: BrokerConfig, routes: dict[str, Any], missing: dict[str, str], table: LiveTable
+        self,
+        cfg: BrokerConfig,
+        prefix: str,
+        routes: dict[str, Any],
+        missing: dict[str, str],
+        table: LiveTable,
     ) -> None:
         self.cfg = cfg
+        self.prefix = prefix
         self.routes = routes
         self.missing = missing
         self.table = table
@@ -205,7 +216,7 @@ class SideMessages:
 
     def _run(self) -> None:
         families = [f for f in ("text", "series") if f in self.routes]
-        outs = {topic(PREFIX, f"demo-{f}", self.routes[f].out_suffix): f for f in families}
+        outs = {topic(self.prefix, f"demo-{f}", self.routes[f].out_suffix): f for f in families}
         replied: set[str] = set()
 
         def on_message(_c: Any, _u: Any, msg: Any) -> None:
@@ -228,7 +239,7 @@ class SideMessages:
                 route = self.routes[family]
                 payload = self._payload(family, route)
                 self._note(family, f"sent {payload.decode()[:70]} ... waiting")
-                client.publish(topic(PREFIX, f"demo-{family}", route.suffix), payload, qos=1)
+                client.publish(topic(self.prefix, f"demo-{family}", route.suffix), payload, qos=1)
             self._done.wait(10.0)
         finally:
             close_client(client)
@@ -276,7 +287,7 @@ def _service_config(args: argparse.Namespace, cfg: BrokerConfig) -> ServeConfig:
     # a few devices: small batch buckets compile faster
     max_batch = min(8, 1 << (args.devices - 1).bit_length())
     models = {} if options["model"] is None else {"har": options["model"]}
-    return ServeConfig(broker=svc_broker, models=models, prefix=PREFIX, max_batch=max_batch)
+    return ServeConfig(broker=svc_broker, models=models, prefix=args.prefix, max_batch=max_batch)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -291,6 +302,7 @@ def run_demo(args: argparse.Namespace) -> int:
             raise ValueError(f"--devices must be >= 1, got {args.devices}")
         if args.duration is not None and args.duration <= 0:
             raise ValueError(f"--duration must be > 0, got {args.duration}")
+        check_prefix(args.prefix)
         cfg = broker_config(args, default_client_id=f"{default_client_id('demo')}-{os.getpid()}")
         config = _service_config(args, cfg)
         devices, streams, what = device_streams(args, time.time())
@@ -309,13 +321,16 @@ def run_demo(args: argparse.Namespace) -> int:
             missing[family] = f"not available in this installation: {exc}"
     service = Service(config, routes=list(routes.values()))
     dashboard = None
+    outlives_demo = False  # a broker that does: what the demo retained there must go
     try:
         service.start()
         client_cfg = dataclasses.replace(service.broker_config, client_id=cfg.client_id)
         if service.embedded_broker is not None:
             print(f"no broker was running: started the embedded one at {client_cfg.url}")
+        else:
+            outlives_demo = True
         if args.dashboard:
-            dashboard = _start_dashboard(client_cfg, args.dashboard_port)
+            dashboard = _start_dashboard(client_cfg, args.prefix, args.dashboard_port)
             print(f"dashboard: open {dashboard.url} in a browser", flush=True)
         return _stream(args, client_cfg, routes, missing, devices, streams, what, dashboard)
     except (ConnectionError, BrokerUnavailable) as exc:
@@ -325,20 +340,48 @@ def run_demo(args: argparse.Namespace) -> int:
         if dashboard is not None:
             dashboard.stop()
         service.stop()
+        if outlives_demo:
+            clear_retained(client_cfg, retained_topics(args.prefix, devices))
         signal.signal(signal.SIGINT, signal.default_int_handler)
         print("demo stopped: service, connections and any embedded broker are shut down")
 
 
-def _start_dashboard(cfg: BrokerConfig, port: int) -> Dashboard:
+def _start_dashboard(cfg: BrokerConfig, prefix: str, port: int) -> Dashboard:
     """The demo's web page on 127.0.0.1: ``port``, or any free one when it is taken."""
     from harstream.dashboard.app import Dashboard, DashboardSettings
 
     page_cfg = dataclasses.replace(cfg, client_id=f"{cfg.client_id}-dashboard")
     try:
-        dashboard = Dashboard(page_cfg, PREFIX, DashboardSettings(port=port))
+        dashboard = Dashboard(page_cfg, prefix, DashboardSettings(port=port))
     except OSError:
-        dashboard = Dashboard(page_cfg, PREFIX, DashboardSettings(port=0))
+        dashboard = Dashboard(page_cfg, prefix, DashboardSettings(port=0))
     return dashboard.start()
+
+
+def retained_topics(prefix: str, devices: Sequence[str]) -> list[str]:
+    """Every topic the demo's service may leave a retained message on."""
+    per_device = [topic(prefix, d, s) for d in devices for s in (STATE_SUFFIX, CALIBRATION_SUFFIX)]
+    return [status_topic(prefix), *per_device]
+
+
+def clear_retained(cfg: BrokerConfig, topics: Sequence[str]) -> None:
+    """Delete the retained messages on ``topics`` (an empty retained publish each), so the
+    demo leaves nothing on a broker that outlives it; only the demo's own topics, never a
+    wildcard's worth, in case ``--prefix`` is shared with something else."""
+    cleanup = dataclasses.replace(cfg, client_id=f"{cfg.client_id}-cleanup")
+    try:
+        client = open_client(cleanup)
+    except BrokerUnavailable as exc:
+        print(f"could not clear the demo's retained messages: {exc}", file=sys.stderr)
+        return
+    try:
+        infos = [client.publish(t, b"", qos=1, retain=True) for t in topics]
+        for info in infos:
+            info.wait_for_publish(timeout=5.0)
+    except (RuntimeError, ValueError) as exc:
+        print(f"could not clear the demo's retained messages: {exc}", file=sys.stderr)
+    finally:
+        close_client(client)
 
 
 def _stream(
@@ -354,7 +397,7 @@ def _stream(
     """Stream the devices with the live table until ``--duration`` or Ctrl-C; summary."""
     simulated = not args.data
     settings = RunSettings(
-        prefix=PREFIX, duration=args.duration, compare=True, wait=1.0, truth_capacity=6000
+        prefix=args.prefix, duration=args.duration, compare=True, wait=1.0, truth_capacity=6000
     )
     streams = [label_first_activity(streams[0], DEMO_LABEL_S), *streams[1:]]
     with Runner(cfg, settings, devices) as runner:
@@ -373,7 +416,7 @@ def _stream(
 
         runner.on_calibration = calibrated
         table.start()
-        side = SideMessages(cfg, routes, missing, table)
+        side = SideMessages(cfg, args.prefix, routes, missing, table)
         side.start()
         try:
             runner.publish(streams)
