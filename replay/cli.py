@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from harstream.models.har.cli import COLUMNS_HELP, columns_argument
 from harstream.stream.config import SERVE_OPTIONS, Option, add_options
 from harstream.stream.connection import add_broker_arguments
 
@@ -106,7 +107,7 @@ file layouts (detected per file, as the HAR loaders read them):
   WISDM 2019         subject,activity,x,y,z;           (20 Hz, no timestamps)
   WISDM 2019 + time  subject,activity,timestamp,x,y,z;
   WISDM v1.1         user,activity,timestamp,x,y,z;
-  CSV                header t,x,y,z[,label][,subject][,device]
+  CSV                header t,x,y,z[,label][,subject][,device] (other names: --columns)
 Each subject/device becomes one device id (or --device-id). Without timestamps, samples
 are sent 50 ms apart (20 Hz). Dirty lines are skipped and counted.
 
@@ -153,6 +154,9 @@ def register(groups: dict[str, Any]) -> None:
         default="auto",
         choices=("auto", "wisdm2019", "wisdm2019-ts", "wisdm-v1.1", "csv"),
         help="file layout (default: detected per file)",
+    )
+    source.add_argument(
+        "--columns", type=columns_argument, metavar="FIELD=COLUMN,...", help=COLUMNS_HELP
     )
     source.add_argument(
         "--device-id", metavar="ID", help="device id to publish as (default: from the file)"

@@ -133,7 +133,9 @@ def run_replay(args: argparse.Namespace) -> int:
         offsets = stagger_offsets(args.devices, args.stagger)
         if args.calibrate_seconds is not None:
             check_calibrate_seconds(args.calibrate_seconds)
-        loaded = load_tracks(args.files, device_id=args.device_id, layout=args.layout)
+        loaded = load_tracks(
+            args.files, device_id=args.device_id, layout=args.layout, columns=args.columns
+        )
     except (ConfigError, DataError, ValueError) as exc:
         return fail("replay", str(exc))
     print(loaded.summary(), file=sys.stderr)

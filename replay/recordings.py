@@ -9,7 +9,7 @@ taken as consecutive samples at 20 Hz.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,12 +62,17 @@ def _track(recording: Recording, device: str) -> Track:
 
 
 def load_tracks(
-    paths: Sequence[str | Path], *, device_id: str | None = None, layout: str = "auto"
+    paths: Sequence[str | Path],
+    *,
+    device_id: str | None = None,
+    layout: str = "auto",
+    columns: Mapping[str, str] | None = None,
 ) -> Recordings:
     """Read ``paths`` (files or directories) into one track per subject/device.
 
     With ``device_id`` a single recording is sent as that device; several recordings as
-    ``<device_id>-<subject>``. Raises ``DataError`` (with file and line) for unreadable
+    ``<device_id>-<subject>``. ``columns`` maps CSV fields to other column names
+    (``models.har.data.parse_columns``). Raises ``DataError`` (with file and line) for unreadable
     files and ``ValueError`` for an invalid ``device_id``.
     """
     if device_id is not None and not is_valid_id(device_id):
@@ -75,7 +80,7 @@ def load_tracks(
     recordings: list[Recording] = []
     reports: list[LoadReport] = []
     for path in paths:
-        found, report = load_recordings(path, layout)
+        found, report = load_recordings(path, layout, columns)
         recordings.extend(r for r in found if len(r) > 0)
         reports.append(report)
     if not recordings:

@@ -14,6 +14,11 @@ DATA_HELP = (
     "WISDM v1.1 raw (user,activity,timestamp,x,y,z;) or CSV with a header naming "
     "t,x,y,z[,label][,subject][,device]; the layout is detected per file"
 )
+COLUMNS_HELP = (
+    "CSV files whose columns have other names: FIELD=COLUMN pairs for the fields "
+    "t,x,y,z,label,subject,device, e.g. t=time,x=ax,y=ay,z=az (unnamed fields keep their "
+    "own names)"
+)
 SUMMARY_ARCHS = ("har-cnn", "har-lstm")
 DEFAULT_PNG = "har-confusion.png"
 
@@ -24,6 +29,16 @@ def _subjects(text: str) -> list[str]:
 
 def _val_subjects(text: str) -> list[str]:
     return [] if text.strip().lower() == "none" else _subjects(text)
+
+
+def columns_argument(text: str) -> dict[str, str]:
+    """``--columns``: :func:`~harstream.models.har.data.parse_columns`, errors as usage."""
+    from harstream.models.har.data import parse_columns
+
+    try:
+        return parse_columns(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(groups: dict[str, Any]) -> None:
@@ -55,6 +70,7 @@ def register(groups: dict[str, Any]) -> None:
             action.help = f"{action.help} (recipe: {value if value != [] else 'none'})"
 
     add("--data", required=True, help=DATA_HELP)
+    add("--columns", type=columns_argument, metavar="FIELD=COLUMN,...", help=COLUMNS_HELP)
     add(
         "--recipe",
         default=SHIPPED_RECIPE,
@@ -168,6 +184,9 @@ def register(groups: dict[str, Any]) -> None:
         "checkpoint's held-out test subjects are scored when the data contains them.",
     )
     evaluate.add_argument("--data", required=True, help=DATA_HELP)
+    evaluate.add_argument(
+        "--columns", type=columns_argument, metavar="FIELD=COLUMN,...", help=COLUMNS_HELP
+    )
     evaluate.add_argument("--model", help="checkpoint directory (default: the shipped har-cnn)")
     evaluate.add_argument("--json", metavar="OUT", help="write the report as JSON")
     evaluate.add_argument(
@@ -238,7 +257,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.version:
         given["version"] = args.version
     try:
-        config = HarTrainConfig.from_recipe(args.recipe, data=args.data, **given)
+        config = HarTrainConfig.from_recipe(
+            args.recipe, data=args.data, columns=args.columns, **given
+        )
         if args.folds is not None:
             cv = cross_validate_har(config, args.folds, args.out, progress=not args.no_progress)
             for i, fold in enumerate(cv["folds"], 1):
@@ -303,6 +324,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             orders=args.orders,
             seed=args.seed,
             calibrate_seconds=args.calibrate_seconds,
+            columns=args.columns,
         )
     except (CheckpointError, DataError, ValueError) as exc:
         log.error("%s", exc)

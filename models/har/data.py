@@ -7,7 +7,9 @@ Layouts are detected per file from its first data line:
 - ``wisdm2019``: ``subject,activity,x,y,z;`` (the reduced WISDM 2019 watch files),
 - ``wisdm2019-ts``: ``subject,activity,timestamp,x,y,z;`` (WISDM 2019 as published),
 - ``wisdm-v1.1``: ``user,activity,timestamp,x,y,z;`` with activity names (WISDM v1.1),
-- ``csv``: a header line naming ``t,x,y,z`` and optionally ``label``, ``subject``, ``device``.
+- ``csv``: a header line naming ``t,x,y,z`` and optionally ``label``, ``subject``, ``device``;
+  ``columns`` (:func:`parse_columns`, ``--columns t=time,x=ax,y=ay,z=az``) maps a file's
+  own column names onto these.
 
 Real files are dirty (WISDM v1.1 has lines without the trailing ``;``, several records on
 one line, empty and malformed lines and zero timestamps). Bad records are skipped and
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -153,14 +155,35 @@ class Loaded(NamedTuple):
     report: LoadReport
 
 
-def load_recordings(path: str | Path, layout: str = "auto") -> Loaded:
+def parse_columns(text: str) -> dict[str, str]:
+    """``"t=time,x=ax,y=ay,z=az"`` -> ``{"t": "time", ...}``: the file's column that holds
+    each of the CSV fields ``t,x,y,z,label,subject,device``; ValueError naming the fault."""
+    known = (*CSV_REQUIRED, *CSV_OPTIONAL)
+    columns: dict[str, str] = {}
+    for pair in text.split(","):
+        name, sep, column = (part.strip() for part in pair.partition("="))
+        if not sep or not name or not column:
+            raise ValueError(f"{pair.strip()!r} is not FIELD=COLUMN (as in t=time,x=ax)")
+        if name not in known:
+            raise ValueError(f"unknown field {name!r} in {pair.strip()!r}; fields: {known}")
+        if name in columns:
+            raise ValueError(f"field {name!r} is mapped twice")
+        columns[name] = column
+    return columns
+
+
+def load_recordings(
+    path: str | Path, layout: str = "auto", columns: Mapping[str, str] | None = None
+) -> Loaded:
     """Read a file, or every data file in a directory (sorted, non-recursive).
 
-    ``layout`` is ``"auto"`` (detect per file) or one of :data:`LAYOUTS`. Files named
-    ``README*`` and hidden files in a directory are ignored.
+    ``layout`` is ``"auto"`` (detect per file) or one of :data:`LAYOUTS`. ``columns`` maps
+    CSV fields to the file's header names (see :func:`parse_columns`); fields it leaves out
+    keep their own names. Files named ``README*`` and hidden files in a directory are ignored.
     """
     if layout != "auto" and layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected 'auto' or one of {LAYOUTS}")
+    rename = {column.lower(): name for name, column in (columns or {}).items()}
     path = Path(path)
     if path.is_dir():
         files = sorted(
@@ -179,7 +202,7 @@ def load_recordings(path: str | Path, layout: str = "auto") -> Loaded:
     report = LoadReport()
     recordings: list[Recording] = []
     for file in files:
-        recordings.extend(_load_file(file, layout, report))
+        recordings.extend(_load_file(file, layout, report, rename))
     if not recordings:
         raise DataError(f"no valid samples in {path} ({report.summary()})")
     return Loaded(recordings, report)
@@ -212,7 +235,7 @@ def _records(text_lines: Iterator[str], report: LoadReport, source: str, sep: st
                 yield line_no, piece, i < last
 
 
-def _sniff(path: Path) -> tuple[str, int, str]:
+def _sniff(path: Path, rename: Mapping[str, str]) -> tuple[str, int, str]:
     """Return ``(layout, line_no, line)`` from the first recognisable non-empty line.
 
     A few dirty lines at the top are tolerated; if none of the first non-empty lines
@@ -225,7 +248,7 @@ def _sniff(path: Path) -> tuple[str, int, str]:
             line = raw.strip()
             if not line:
                 continue
-            layout = _classify(line)
+            layout = _classify(line, rename)
             if layout is not None:
                 return layout, line_no, line
             first_bad = first_bad or (line_no, line)
@@ -238,13 +261,15 @@ def _sniff(path: Path) -> tuple[str, int, str]:
     raise DataError(
         f"{path}:{line_no}: unknown layout in {line[:60]!r}; expected "
         "'subject,activity,x,y,z;', 'subject,activity,timestamp,x,y,z;' or a CSV "
-        "header naming t,x,y,z[,label][,subject][,device]"
+        "header naming t,x,y,z[,label][,subject][,device] (other names: --columns "
+        "t=time,x=ax,y=ay,z=az)"
     )
 
 
-def _classify(line: str) -> str | None:
+def _classify(line: str, rename: Mapping[str, str]) -> str | None:
     fields = [f.strip() for f in line.split(";")[0].split(",")]
-    if any(f.lower() in CSV_REQUIRED for f in fields) and not _is_float(fields[-1]):
+    names = [rename.get(f.lower(), f.lower()) for f in fields]
+    if any(n in CSV_REQUIRED for n in names) and not _is_float(fields[-1]):
         return "csv"
     if len(fields) == 5 and _is_float(fields[2]) and _parse_xyz(fields[2:]):
         return "wisdm2019"
@@ -302,15 +327,17 @@ def _parse_xyz(fields: list[str]) -> tuple[float, float, float] | None:
     return x, y, z
 
 
-def _load_file(path: Path, layout: str, report: LoadReport) -> list[Recording]:
-    detected, header_line, header = _sniff(path)
+def _load_file(
+    path: Path, layout: str, report: LoadReport, rename: Mapping[str, str]
+) -> list[Recording]:
+    detected, header_line, header = _sniff(path, rename)
     if layout == "auto":
         layout = detected
     source = str(path)
     report.files[source] = layout
     with path.open(encoding="utf-8", errors="replace") as fh:
         if layout == "csv":
-            return _load_csv(fh, source, header_line, header, report)
+            return _load_csv(fh, source, header_line, header, report, rename)
         return _load_wisdm(fh, source, layout, report)
 
 
@@ -346,13 +373,22 @@ def _load_wisdm(fh, source: str, layout: str, report: LoadReport) -> list[Record
     return builder.build(source, has_t=n_fields == 6, has_labels=True)
 
 
-def _load_csv(fh, source: str, header_line: int, header: str, report: LoadReport):
-    columns = [c.strip().lower() for c in header.rstrip(";").split(",")]
+def _load_csv(
+    fh, source: str, header_line: int, header: str, report: LoadReport, rename: Mapping[str, str]
+):
+    own = [c.strip().lower() for c in header.rstrip(";").split(",")]
+    absent = [c for c in rename if c not in own]
+    if absent:
+        raise DataError(
+            f"{source}:{header_line}: --columns names {absent}, not in the CSV header {header!r}"
+        )
+    columns = [rename.get(c, c) for c in own]
     missing = [c for c in CSV_REQUIRED if c not in columns]
     if missing:
         raise DataError(
             f"{source}:{header_line}: CSV header {header!r} lacks column(s) {missing}; "
-            f"required {list(CSV_REQUIRED)}, optional {list(CSV_OPTIONAL)}"
+            f"required {list(CSV_REQUIRED)}, optional {list(CSV_OPTIONAL)}; map other "
+            "names with --columns, e.g. t=time,x=ax,y=ay,z=az"
         )
     index = {c: columns.index(c) for c in (*CSV_REQUIRED, *CSV_OPTIONAL) if c in columns}
     has_t, has_labels = "t" in index, "label" in index

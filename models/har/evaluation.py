@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ def evaluate_har(
     orders: int = wearer.DEFAULT_ORDERS,
     seed: int = 0,
     calibrate_seconds: float | None = None,
+    columns: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
     """Score a HAR checkpoint (the shipped one for ``None``) on labelled data.
 
@@ -71,7 +72,7 @@ def evaluate_har(
     path = checkpoint_path or default_checkpoint("har")
     model, params, meta = checkpoint.load(path)
     classes = list(meta["classes"])
-    dataset = load_windows(data, hop or meta.get("hop", DEFAULT_HOP))
+    dataset = load_windows(data, hop or meta.get("hop", DEFAULT_HOP), columns)
     log.info(dataset.report.summary())
     chosen = _chosen_subjects(dataset.windows, meta, subjects, all_subjects)
     windows = dataset.windows.of_subjects(chosen)

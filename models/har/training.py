@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ class HarTrainConfig:
     """
 
     data: str
+    columns: dict[str, str] | None = None  # CSV fields -> the file's column names
     model: str = _SHIPPED["model"]
     epochs: int = _SHIPPED["epochs"]
     batch_size: int = _SHIPPED["batch_size"]
@@ -256,9 +257,12 @@ class HarDataset:
     recordings: list[Recording]
 
 
-def load_windows(path: str | Path, hop: int = DEFAULT_HOP) -> HarDataset:
-    """Load recordings from ``path`` and cut labelled windows."""
-    recordings, report = load_recordings(path)
+def load_windows(
+    path: str | Path, hop: int = DEFAULT_HOP, columns: Mapping[str, str] | None = None
+) -> HarDataset:
+    """Load recordings from ``path`` (CSV columns mapped by ``columns``) and cut labelled
+    windows."""
+    recordings, report = load_recordings(path, columns=columns)
     windows = make_windows(recordings, hop=hop)
     if len(windows) == 0:
         raise ValueError(f"{path}: no complete {WINDOW}-sample windows in the data")
@@ -364,7 +368,7 @@ def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True)
     from harstream.models.har import checkpoint
 
     _check_config(config)
-    dataset = load_windows(config.data, config.hop)
+    dataset = load_windows(config.data, config.hop, config.columns)
     log.info(dataset.report.summary())
     windows = dataset.windows
     split = config_split(config, windows)
@@ -440,7 +444,7 @@ def cross_validate_har(
 
     if config.model != "baseline":
         _check_config(config)
-    dataset = load_windows(config.data, config.hop)
+    dataset = load_windows(config.data, config.hop, config.columns)
     windows = dataset.windows
     split = config_split(config, windows)
     pool = sorted(split.train + split.val)
@@ -486,7 +490,7 @@ def train_baseline_report(config: HarTrainConfig, out: str | Path) -> dict[str, 
     from harstream.models import reports
     from harstream.models.har import baseline
 
-    dataset = load_windows(config.data, config.hop)
+    dataset = load_windows(config.data, config.hop, config.columns)
     windows = dataset.windows
     split = config_split(config, windows)
     if not split.test:

@@ -109,6 +109,22 @@ def test_every_layout_replays_with_correct_counts(service, broker, tmp_path, wri
     assert report["service_errors"] == {}  # the default limit lets a short replay through
 
 
+def test_csv_columns_of_other_names_are_mapped(service, broker, tmp_path, capsys) -> None:
+    path = write_csv(tmp_path / "app.csv")
+    text = path.read_text().replace("t,x,y,z,label,subject", "time,ax,ay,az,activity,subject", 1)
+    path.write_text(text)
+    with pytest.raises(SystemExit):
+        main(["replay", str(path), "--columns", "t=time,x"])
+    assert "'x' is not FIELD=COLUMN" in capsys.readouterr().err
+    report = replay(
+        broker, str(path), "--columns", "t=time,x=ax,y=ay,z=az,label=activity",
+        "--device-id", "mapped",  # the unmapped CSV's replay used its subject's id already
+        "--speed", "max", "-k", "10", "--compare", tmp_path=tmp_path,
+    )  # fmt: skip
+    assert report["windows_expected"] == report["windows_received"] == WINDOWS
+    assert report["windows_scored"] == WINDOWS  # the mapped label column was read
+
+
 def test_fan_out_subjects_single_samples_and_binary(service, broker, tmp_path) -> None:
     path = write_wisdm2019(tmp_path / "two.txt", subjects=("1660", "1661"))
     report = replay(

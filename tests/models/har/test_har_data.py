@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harstream.models.har.data import DataError, load_recordings
+from harstream.models.har.data import DataError, load_recordings, parse_columns
 
 
 def write(path: Path, lines: list[str]) -> Path:
@@ -109,6 +109,38 @@ def test_csv_missing_columns_names_the_line(tmp_path):
     path = write(tmp_path / "bad.csv", ["", "t,x,y,label", "0,1,2,A"])
     with pytest.raises(DataError, match=r"bad\.csv:2: .*lacks column\(s\) \['z'\]"):
         load_recordings(path)
+
+
+def test_csv_with_other_column_names_reads_with_a_column_map(tmp_path):
+    lines = ["time,ax,ay,az,activity", "1700000000000,1,2,3,A", "1700000000050,4,5,6,A"]
+    path = write(tmp_path / "app.csv", lines)
+    with pytest.raises(DataError, match=r"unknown layout .*--columns t=time,x=ax"):
+        load_recordings(path)  # no column is named x, y or z: not even seen as CSV
+    columns = parse_columns("t=time, x=AX,y=ay,z=az,label=activity")
+    assert columns == {"t": "time", "x": "AX", "y": "ay", "z": "az", "label": "activity"}
+    (rec,), report = load_recordings(path, columns=columns)  # header names match any case
+    assert report.files[str(path)] == "csv"
+    np.testing.assert_array_equal(rec.xyz, [[1, 2, 3], [4, 5, 6]])
+    np.testing.assert_allclose(rec.t, [1_700_000_000.0, 1_700_000_000.05])
+    assert rec.labels.tolist() == ["walking", "walking"]
+    (partial,), _ = load_recordings(path, columns=parse_columns("x=ax,y=ay,z=az"))
+    assert partial.t is None and partial.labels is None  # unmapped: "time" is not "t"
+    with pytest.raises(DataError, match=r"app\.csv:1: --columns names \['acc_x'\]"):
+        load_recordings(path, columns={"x": "acc_x", "y": "ay", "z": "az"})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("t=time,x", "'x' is not FIELD=COLUMN"),
+        ("q=ax", "unknown field 'q'"),
+        ("x=ax,x=ay", "mapped twice"),
+        ("x=", "not FIELD=COLUMN"),
+    ],
+)
+def test_column_map_errors_name_the_fault(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_columns(text)
 
 
 def test_unknown_layout_names_the_line(tmp_path):
