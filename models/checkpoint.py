@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+from safetensors.numpy import save as safetensors_bytes
 
 FORMAT = "harstream-checkpoint"
 FORMAT_VERSION = 1
@@ -70,7 +71,9 @@ def save(path: str | Path, params: Any, meta: dict[str, Any]) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten(params).items()}
-    save_file(arrays, str(path / PARAMS_FILE))
+    # safetensors' save_file creates its file mode 0600 whatever the umask, unlike meta.json
+    # and curves.png beside it (0644 under the usual umask 022): written like them instead
+    (path / PARAMS_FILE).write_bytes(safetensors_bytes(arrays))
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, "harstream_version": _version()}
     full.update(meta)
     (path / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")

@@ -19,7 +19,8 @@ API (stable; other families build on it):
   batches (padding the last one, so it compiles once).
 - :func:`classification_eval` turns a predict function into a ``validate`` callback giving
   ``val_loss`` and ``val_accuracy``.
-- :func:`save_curves` draws the history (loss and every shared metric) to a PNG.
+- :func:`save_curves` draws the history (loss and every shared metric) to a PNG
+  (:func:`curves_figure`).
 """
 
 from __future__ import annotations
@@ -252,19 +253,33 @@ def _progress(total: int, desc: str, enabled: bool):
 def save_curves(
     history: Sequence[dict[str, float]], path: str | Path, title: str = "", best_epoch: int = 0
 ) -> Path:
-    """Plot training and validation curves: loss, then each metric with a ``val_`` twin."""
-    from harstream.models.figures import pyplot, save_figure
+    """Save :func:`curves_figure` as a PNG at ``path``."""
+    from harstream.models.figures import save_figure
+
+    return save_figure(curves_figure(history, title, best_epoch), path, dpi=100)
+
+
+def curves_figure(history: Sequence[dict[str, float]], title: str = "", best_epoch: int = 0) -> Any:
+    """Training and validation curves: loss, then each metric with a ``val_`` twin."""
+    from harstream.models.figures import pyplot
 
     plt = pyplot()
 
     epochs = [h["epoch"] for h in history]
+    # a line through one point draws nothing: short runs get a marker on every epoch
+    marker = "o" if len(epochs) < 20 else None
     keys = ["loss"] + sorted(k for k in history[0] if f"val_{k}" in history[0] and k != "loss")
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         if key in history[0]:
-            ax.plot(epochs, [h[key] for h in history], label=f"train {key}")
+            ax.plot(epochs, [h[key] for h in history], marker=marker, label=f"train {key}")
         if f"val_{key}" in history[0]:
-            ax.plot(epochs, [h[f"val_{key}"] for h in history], label=f"validation {key}")
+            ax.plot(
+                epochs,
+                [h[f"val_{key}"] for h in history],
+                marker=marker,
+                label=f"validation {key}",
+            )
         if best_epoch:
             ax.axvline(best_epoch, color="grey", linestyle=":", label="best epoch")
         ax.set_xlabel("epoch")
@@ -274,4 +289,4 @@ def save_curves(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return save_figure(fig, path, dpi=100)
+    return fig

@@ -325,12 +325,12 @@ def _fit_split(
         return (augment_windows(rng, x, config) - mean) / std, y
 
     steps = max(1, len(train_w) // min(config.batch_size, len(train_w)))
-    schedule = optax.warmup_cosine_decay_schedule(  # one warm-up epoch when there is room
-        0.0,
-        config.lr,
-        warmup_steps=steps if config.epochs > 1 else 0,
-        decay_steps=steps * config.epochs,
-    )
+    if config.epochs > 1:  # one warm-up epoch when there is room
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, config.lr, warmup_steps=steps, decay_steps=steps * config.epochs
+        )
+    else:  # optax warns about a warm-up of 0 steps ("non-positive transition_steps")
+        schedule = optax.cosine_decay_schedule(config.lr, steps)
     optimizer = optax.adamw(schedule, weight_decay=config.weight_decay)
     validate = None
     if len(val_w):

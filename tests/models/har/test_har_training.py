@@ -7,6 +7,8 @@ differ in gravity direction and rhythm, so a couple of epochs learn them.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import jax
@@ -16,7 +18,8 @@ import pytest
 
 from harstream.cli import main
 from harstream.families import load_predictor
-from harstream.models import summary
+from harstream.models import summary, training
+from harstream.models.figures import pyplot
 from harstream.models.har import network
 from harstream.models.har.training import (
     HarTrainConfig,
@@ -177,6 +180,37 @@ def test_trained_checkpoint_has_its_metadata_and_curves(trained):
     assert losses[-1] < losses[0]
     assert meta["metrics"]["test"]["windows"] > 0
     assert (trained / "curves.png").stat().st_size > 1000
+
+
+def test_a_one_epoch_run_warns_of_nothing_draws_its_point_and_writes_like_its_siblings(
+    generated, tmp_path, caplog
+):
+    """The shortest training: no optax note about a 0-step warm-up, a curve that shows
+    its one epoch, and checkpoint files that all honour the umask."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "one-epoch"
+    old_umask = os.umask(0o022)
+    try:
+        code = main(
+            [
+                "train", "har", "--data", str(generated), "--epochs", "1", "--out", str(out),
+                "--test-subjects", "1600", "--no-progress", "--version", "test",
+            ]
+        )  # fmt: skip
+    finally:
+        os.umask(old_umask)
+    assert code == 0
+    assert "transition_steps" not in caplog.text
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == dict.fromkeys(["params.safetensors", "meta.json", "curves.png"], 0o644)
+    # a line through one point draws nothing: the epoch's point needs a marker
+    history = json.loads((out / "meta.json").read_text())["training"]["history"]
+    figure = training.curves_figure(history)
+    assert len(history) == 1 and figure.axes[0].lines
+    assert all(line.get_marker() not in ("None", None, "") for line in figure.axes[0].lines)
+    pyplot().close(figure)
 
 
 def test_evaluate_command_writes_report(trained, generated, tmp_path, capsys):
