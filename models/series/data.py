@@ -56,8 +56,12 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def synthetic_series(n_series: int, length: int, seed: int = 0) -> list[np.ndarray]:
-    """Varied series: 1-3 sines (periods 4-200 steps), AR(1) noise, a trend, level and scale."""
+def synthetic_series(
+    n_series: int, length: int, seed: int = 0, ramps: float = 0.4
+) -> list[np.ndarray]:
+    """Varied series: 1-3 sines (periods 4-200 steps), AR(1) noise, a slow drift, level and
+    scale. A share ``ramps`` of them are a piecewise-linear trend instead, with those
+    wiggles on top at 0-100% (often faint: clean trends occur in real streams too)."""
     rng = np.random.default_rng(seed)
     t = np.arange(length, dtype=np.float64)
     out = []
@@ -72,9 +76,25 @@ def synthetic_series(n_series: int, length: int, seed: int = 0) -> list[np.ndarr
         for i in range(1, length):
             noise[i] = phi * noise[i - 1] + eps[i]
         y += noise + rng.normal(0.0, 0.005) * t
+        if rng.random() < ramps:
+            y = _ramp(rng, length) + rng.uniform(0.0, 1.0) ** 2 * y
         scale = np.exp(rng.uniform(np.log(0.01), np.log(1000)))
         out.append(rng.normal(0.0, 100.0) * scale / 10 + scale * y)
     return out
+
+
+def _ramp(rng: np.random.Generator, length: int) -> np.ndarray:
+    """Straight segments of 20-200 steps, each with its own slope of 0.01-2 sine amplitudes
+    per step. Without them the slow drift (about 0.005 per step) is all the trend a window of
+    5 values ever shows, and the model learnt to expect every rise to stop: after 20, 22,
+    24, 26, 28 it forecast 28.8."""
+    slopes, left = [], length
+    while left > 0:
+        steps = int(rng.integers(20, 201))
+        slope = rng.choice((-1.0, 1.0)) * np.exp(rng.uniform(np.log(0.01), np.log(2.0)))
+        slopes.append(np.full(min(steps, left), slope))
+        left -= steps
+    return np.concatenate([[0.0], np.cumsum(np.concatenate(slopes))[:-1]])
 
 
 def next_value_pairs(series: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
