@@ -2,9 +2,9 @@
 
 The broker flags, ``--prefix`` and ``--config`` are ``harstream serve``'s own (same names,
 ``HARSTREAM_*`` environment variables and TOML keys), so the dashboard reads the file the
-service reads. Its own settings (the page's address, bounds, ``--allow-actions``) are flags
-or ``HARSTREAM_DASHBOARD_*`` environment variables: they are not keys of that shared file,
-which ``serve`` checks for unknown keys.
+service reads. Its own settings (the page's address, bounds, ``--allow-actions``) are flags,
+``HARSTREAM_DASHBOARD_*`` environment variables or keys of that file's ``[dashboard]``
+table, which ``serve`` leaves alone.
 """
 
 from __future__ import annotations
@@ -17,7 +17,15 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from harstream.stream.config import SERVE_OPTIONS, ConfigError, Option, add_options, resolve
+from harstream.stream.config import (
+    SERVE_OPTIONS,
+    ConfigError,
+    Option,
+    add_options,
+    load_toml,
+    resolve,
+    unknown_keys,
+)
 from harstream.stream.connection import add_broker_arguments
 
 if TYPE_CHECKING:
@@ -97,10 +105,21 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
 def settings_from_args(
     args: argparse.Namespace | Mapping[str, Any], env: Mapping[str, str] | None = None
 ) -> DashboardSettings:
-    """The DashboardSettings of parsed arguments (flags > HARSTREAM_DASHBOARD_* env)."""
+    """The DashboardSettings of parsed arguments.
+
+    Flags > HARSTREAM_DASHBOARD_* env > the ``[dashboard]`` table of ``--config`` > defaults.
+    """
     from harstream.dashboard.app import DashboardSettings
 
-    v = resolve(DASHBOARD_OPTIONS, args, None, os.environ if env is None else env)
+    env = os.environ if env is None else env
+    given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    table = load_toml(given.get("config") or env.get("HARSTREAM_CONFIG")).get("dashboard", {})
+    if not isinstance(table, dict):
+        raise ConfigError("dashboard in the config file must be a table ([dashboard])")
+    unknown = unknown_keys(table, DASHBOARD_OPTIONS)
+    if unknown:
+        raise ConfigError(f"unknown keys in the config file's [dashboard]: {', '.join(unknown)}")
+    v = resolve(DASHBOARD_OPTIONS, given, table, env)
     if not 0 <= v["port"] <= 65535:
         raise ConfigError(f"--port must be 0-65535, got {v['port']}")
     for name in ("history", "evict_after", "push_interval"):

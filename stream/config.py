@@ -169,9 +169,14 @@ def resolve(
     return values
 
 
+# Tables of the shared file that belong to other commands (``harstream dashboard``'s own
+# options live under ``[dashboard]``), so one file configures the service and its tools.
+TOOL_TABLES = ("dashboard",)
+
+
 def unknown_keys(toml: Mapping[str, Any], options: Sequence[Option]) -> list[str]:
-    """TOML keys that no option uses (likely typos)."""
-    names = {opt.name for opt in options}
+    """TOML keys that no option uses (likely typos); the tools' tables are not unknown."""
+    names = {opt.name for opt in options} | set(TOOL_TABLES)
     return sorted(k for k in toml if k not in names)
 
 

@@ -21,6 +21,26 @@ def test_settings_come_from_flags_then_environment() -> None:
     assert settings_from_args(build_parser().parse_args(["dashboard"]), {}).allow_actions is False
 
 
+def test_the_shared_config_file_has_a_dashboard_table_that_serve_accepts(tmp_path) -> None:
+    from harstream.stream.cli import config_from_args
+
+    config = tmp_path / "serve.toml"
+    config.write_text('prefix = "plant"\n[dashboard]\nport = 9200\nallow_actions = true\n')
+    args = build_parser().parse_args(["dashboard", "--config", str(config)])
+    settings = settings_from_args(args, {"HARSTREAM_DASHBOARD_PORT": "9300"})
+    assert (settings.port, settings.allow_actions) == (9300, True)  # env beats the file
+    assert settings_from_args(args, {}).port == 9200
+    serve = config_from_args(build_parser().parse_args(["serve", "--config", str(config)]), {})
+    assert serve.prefix == "plant"
+    config.write_text("[dashboard]\nprot = 9200\n")
+    try:
+        settings_from_args(args, {})
+    except ConfigError as exc:
+        assert "prot" in str(exc)
+    else:
+        raise AssertionError("a misspelt [dashboard] key was accepted")
+
+
 def test_invalid_settings_are_refused() -> None:
     for flags in (["--port", "70000"], ["--history", "0"], ["--max-devices", "0"]):
         args = build_parser().parse_args(["dashboard", *flags])
