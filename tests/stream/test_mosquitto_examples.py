@@ -259,7 +259,7 @@ class SecureBus:
     """Mosquitto run from examples/mosquitto-secure.conf and examples/mosquitto-acl, with
     users made by examples/mosquitto-users.sh; each user's password is in ``secrets/<user>``."""
 
-    USERS = ("harstream", "dev-a", "dev-b", "harstream-ops")
+    USERS = ("harstream", "dev-a", "dev-b", "harstream-ops", "harstream-dashboard")
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -404,6 +404,32 @@ def test_only_an_operator_may_ask_for_a_reload(secure_bus, har_model_path, tmp_p
     finally:
         a.close()
         ops.close()
+        service.stop()
+
+
+@needs_mosquitto
+def test_the_dashboard_user_reads_every_device_and_writes_nothing(secure_bus, har_predictor):
+    service = start_service(service_config(secure_bus, "serve-dash"), har_predictor)
+    board, a = secure_bus.device("harstream-dashboard"), secure_bus.device("dev-a")
+    try:
+        a.client.publish("har/dev-a/accel", window(T0, 80), qos=1)
+        board.wait_for("dev-a", 1)
+        board.client.publish("har/dev-a/label", b'{"activity": "sitting", "seconds": 10}', qos=1)
+        board.client.publish("har/dev-b/accel", window(T0, 80), qos=1)
+        board.settle()
+        a.client.publish("har/dev-a/accel", window(T0 + 4, 80), qos=1)
+        pred = board.wait_for("dev-a", 2)[-1]
+        board.wait_for("dev-a", 1, "state")
+        assert board.wait_for("service", 1, "status")[-1]["status"] == "online"
+        board.settle()
+        assert not board.json_of("dev-a", "calibration") and pred["calibrated"] is False, (
+            "the dashboard user's label reached the service"
+        )
+        assert not board.json_of("dev-b"), "the dashboard user's readings reached the service"
+        assert service.metrics.value("harstream_samples_total", family="har") == 160
+    finally:
+        board.close()
+        a.close()
         service.stop()
 
 
