@@ -13,13 +13,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 # one output array, or a tuple of them (e.g. HAR: probabilities and embeddings)
 Forward = Callable[[Any, jax.Array], Any]
+
+
+class StepForwards(NamedTuple):
+    """A forward computed incrementally over an id's consecutive, overlapping inputs.
+
+    ``full(params, x)`` returns the forward's outputs and then, last, the state the id's
+    next input reuses (``state_shape`` per item); ``step(params, x, state)`` returns the
+    same from an input and its predecessor's state, equal to ``full(params, x)`` to within
+    float32 rounding when ``x`` continues the input that state came from.
+    """
+
+    full: Callable[[Any, jax.Array], tuple[jax.Array, ...]]
+    step: Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, ...]]
+    state_shape: tuple[int, ...]
+
+
+# a model's incremental forwards for consecutive inputs ``hop`` items apart, None without
+StepFactory = Callable[[int], "StepForwards | None"]
 
 
 class InputError(ValueError):
@@ -83,6 +101,7 @@ class Predictor:
         alt_item_shapes: Sequence[Sequence[int]] = (),
         max_batch: int = 256,
         meta: dict[str, Any] | None = None,
+        steps: StepFactory | None = None,
     ) -> None:
         if item_kind not in ("f", "i"):
             raise ValueError("item_kind must be 'f' or 'i'")
@@ -99,6 +118,8 @@ class Predictor:
         self.params = jax.device_put(params)
         self._forward = jax.jit(forward)
         self.compile_seconds: dict[int, float] = {}
+        self._steps = steps
+        self._steppers: dict[int, Stepper | None] = {}
         self._compile_all()
 
     @property
@@ -113,6 +134,14 @@ class Predictor:
             x = np.zeros((b, *self.item_shape), self.dtype)
             jax.block_until_ready(self._forward(self.params, x))
             self.compile_seconds[b] = time.perf_counter() - start
+
+    def stepper(self, hop: int) -> Stepper | None:
+        """The incremental programs for inputs ``hop`` items apart, compiled for every
+        bucket on first use and kept; None when the model has none for that hop."""
+        if hop not in self._steppers:
+            forwards = None if self._steps is None else self._steps(hop)
+            self._steppers[hop] = None if forwards is None else Stepper(self, forwards, hop)
+        return self._steppers[hop]
 
     def validate(self, x: Any) -> np.ndarray:
         """Return ``x`` as an ``(n, *item_shape)`` array of the model dtype, or raise InputError."""
@@ -158,17 +187,57 @@ class Predictor:
     def predict_outputs(self, arr: np.ndarray) -> tuple[np.ndarray, ...]:
         """Every output of the forward for a validated batch, as a tuple (one element for a
         forward with a single output): what the service's one batched call yields."""
+        return self.run_planned(self._forward, arr)
+
+    def run_planned(self, fn: Callable[..., Any], *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``fn(params, *arrays)`` over batches of any size, by :func:`call_plan`: every
+        array is cut and zero-padded alike, so each call has a compiled bucket size."""
         outs: list[list[np.ndarray]] = []
         start = 0
-        for n, b in call_plan(arr.shape[0], self.buckets):
-            chunk = arr[start : start + n]
+        for n, b in call_plan(arrays[0].shape[0], self.buckets):
+            chunks = [a[start : start + n] for a in arrays]
             start += n
             if b != n:
-                pad = np.zeros((b - n, *self.item_shape), self.dtype)
-                chunk = np.concatenate([chunk, pad])
-            out = self._forward(self.params, chunk)
+                chunks = [
+                    np.concatenate([c, np.zeros((b - n, *c.shape[1:]), c.dtype)]) for c in chunks
+                ]
+            out = fn(self.params, *chunks)
             parts = out if isinstance(out, tuple) else (out,)
             outs.append([np.asarray(p)[:n] for p in parts])
         if len(outs) == 1:
             return tuple(outs[0])
         return tuple(np.concatenate(column) for column in zip(*outs, strict=True))
+
+
+class Stepper:
+    """A predictor's :class:`StepForwards` for one hop, jit-compiled for every bucket.
+
+    ``full(x)`` and ``step(x, states)`` return the predictor's outputs for a validated
+    batch and, last, each item's new state (``state_shape``, float32): what the id's next
+    input, if it continues this one, passes to ``step``.
+    """
+
+    def __init__(self, predictor: Predictor, forwards: StepForwards, hop: int) -> None:
+        self.predictor = predictor
+        self.hop = hop
+        self.state_shape = tuple(forwards.state_shape)
+        self.state_bytes = int(np.prod(self.state_shape)) * 4
+        self._full = jax.jit(forwards.full)
+        self._step = jax.jit(forwards.step)
+        self.compile_seconds: dict[int, float] = {}
+        for b in predictor.buckets:
+            start = time.perf_counter()
+            x = np.zeros((b, *predictor.item_shape), predictor.dtype)
+            jax.block_until_ready(self._full(predictor.params, x))
+            jax.block_until_ready(self._step(predictor.params, x, self.zero_states(b)))
+            self.compile_seconds[b] = time.perf_counter() - start
+
+    def zero_states(self, n: int) -> np.ndarray:
+        """``n`` states of zeros (a batch to fill)."""
+        return np.zeros((n, *self.state_shape), np.float32)
+
+    def full(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self.predictor.run_planned(self._full, x)
+
+    def step(self, x: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self.predictor.run_planned(self._step, x, states)

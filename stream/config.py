@@ -246,6 +246,14 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         f"labels (calibrated ones use {CALIBRATED.beta:g})",
         "B",
     ),
+    Option(
+        "incremental",
+        "bool",
+        True,
+        "HAR CNN: compute a device's window from the previous window's convolutions and the "
+        "--hop new samples when it continues that window (same answers, about half the "
+        "arithmetic at hop 20; every other window, and other models, in full)",
+    ),
     Option("max_batch", "int", 128, "largest inference batch (power-of-two buckets)", "N"),
     Option(
         "max_wait_ms",
@@ -411,6 +419,7 @@ class ServeConfig:
     smoothing: str = _default("smoothing")
     smoothing_stay: float = _default("smoothing_stay")
     smoothing_beta: float = _default("smoothing_beta")
+    incremental: bool = _default("incremental")
     max_batch: int = _default("max_batch")
     max_wait_ms: float = _default("max_wait_ms")
     queue_size: int = _default("queue_size")

@@ -11,6 +11,12 @@ The batch is stacked into a preallocated array, run through ``predictor.predict_
 once (pre-compiled power-of-two buckets) and one encoded result per input is published,
 followed by any extra messages the encoder returned with it (:class:`stream.routes.Extra`).
 
+With a route ``stepper`` (the HAR CNN's incremental programs), the batch is split in two:
+inputs whose id's :class:`~stream.routes.Carry` holds the state of the input just before
+go through one ``step`` call with those states stacked, the others (first input of a run,
+one after a dropped input, the second of an id's inputs in one batch) through one ``full``
+call; both leave each input's state in its carry, in the order the inputs came.
+
 Before the queue, each id's :class:`DeviceSink` holds its token bucket
 (:mod:`stream.ratelimit`): an id that sends more than its share loses its own excess
 (``harstream_drops_total{reason="rate_limited"}``), not the other ids' windows. When the
@@ -30,14 +36,17 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from harstream.stream.metrics import FamilyMetrics
 from harstream.stream.notices import Tally
 from harstream.stream.ratelimit import RATE_LIMITED, DeviceBucket
-from harstream.stream.routes import Extra, Route
+from harstream.stream.routes import Extra, Link, Route
+
+if TYPE_CHECKING:
+    from harstream.models.predictor import Stepper
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,7 @@ class Ready(NamedTuple):
     x: np.ndarray
     info: Any
     received: float  # time.perf_counter() when the input's last sample arrived
+    link: Link | None = None  # its place in its id's run, for a route with a stepper
 
 
 _STOP = object()
@@ -95,6 +105,7 @@ class InferenceWorker:
         predictor = route.predictor
         self._max_batch = predictor.max_batch
         self._batch = np.zeros((self._max_batch, *predictor.item_shape), predictor.dtype)
+        self._states = self._stepper_states(route)
         self._dropped = 0
         self._thread = threading.Thread(
             target=self._run, name=f"harstream-infer-{route.family}", daemon=True
@@ -172,8 +183,16 @@ class InferenceWorker:
             if self._batch.shape != shape or self._batch.dtype != predictor.dtype:
                 self._batch = np.zeros(shape, predictor.dtype)
             self._max_batch = predictor.max_batch
+            self._states = self._stepper_states(swap.route)
             self.route = swap.route
             swap.taken.set()
+
+    def _stepper_states(self, route: Route) -> np.ndarray | None:
+        """The batch of states for ``route``'s stepper (None without one), and its size
+        per id in the metrics."""
+        stepper = route.stepper
+        self._metrics.state_bytes.set(0 if stepper is None else stepper.state_bytes)
+        return None if stepper is None else stepper.zero_states(route.predictor.max_batch)
 
     def _run(self) -> None:
         get, get_nowait = self._queue.get, self._queue.get_nowait
@@ -220,19 +239,68 @@ class InferenceWorker:
 
     def _infer(self, items: list[Ready]) -> None:
         n = len(items)
-        batch = self._batch
-        for i, item in enumerate(items):
-            batch[i] = item.x
         m = self._metrics
         route = self.route  # one batch, one model: a swap takes effect between batches
         start = time.perf_counter()
-        outputs = route.predictor.predict_outputs(batch[:n])
+        if route.stepper is None:
+            batch = self._batch
+            for i, item in enumerate(items):
+                batch[i] = item.x
+            outputs = route.predictor.predict_outputs(batch[:n])
+            # one row per input: of the single output, or a tuple of rows of every output
+            rows = outputs[0] if len(outputs) == 1 else zip(*outputs, strict=True)
+        else:
+            rows = self._infer_steps(route.stepper, items)
         m.inference_seconds.observe(time.perf_counter() - start)
         m.batch_size.observe(n)
         m.windows.inc(n)
+        self._publish_rows(route, items, rows)
+
+    def _infer_steps(self, stepper: Stepper, items: list[Ready]) -> list[Any]:
+        """Rows of outputs for ``items`` by ``stepper``: one ``step`` call for the inputs
+        that continue their carry's state, one ``full`` call for the rest; then every
+        input's new state into its carry, in order, so an id's later input wins."""
+        stepped, full = [], []
+        for i, item in enumerate(items):
+            link = item.link
+            # inputs are numbered from 1 and a new carry's n is -1: a first input is full;
+            # a state another model computed (before a reload) is not this one's
+            continues = link is not None and link.carry.n == link.n - 1
+            (stepped if continues and link.carry.by is stepper else full).append(i)
+        rows: list[Any] = [None] * len(items)
+        states: list[np.ndarray | None] = [None] * len(items)
+        batch, kept = self._batch, self._states
+        for group, stepping in ((stepped, True), (full, False)):
+            if not group:
+                continue
+            k = len(group)
+            for j, i in enumerate(group):
+                batch[j] = items[i].x
+                if stepping:
+                    kept[j] = items[i].link.carry.state  # type: ignore[union-attr]
+            run = stepper.step(batch[:k], kept[:k]) if stepping else stepper.full(batch[:k])
+            *parts, new_states = run
+            group_rows = parts[0] if len(parts) == 1 else list(zip(*parts, strict=True))
+            for j, i in enumerate(group):
+                rows[i] = group_rows[j]
+                states[i] = new_states[j]
+        self._metrics.stepped.inc(len(stepped))
+        for item, state in zip(items, states, strict=True):
+            link = item.link
+            if link is None:
+                continue
+            carry = link.carry
+            if carry.state is None or carry.state.shape != state.shape:  # type: ignore[union-attr]
+                carry.state = state.copy()  # type: ignore[union-attr]
+            else:
+                carry.state[...] = state  # its own array: a view would pin the whole batch
+            carry.n, carry.by = link.n, stepper
+        return rows
+
+    def _publish_rows(self, route: Route, items: list[Ready], rows: Any) -> None:
+        m = self._metrics
+        n = len(items)
         encode, predictor, publish = route.encode, route.predictor, self._publish
-        # one row per input: of the single output, or a tuple of rows of every output
-        rows = outputs[0] if len(outputs) == 1 else zip(*outputs, strict=True)
         for item, row in zip(items, rows, strict=True):
             latency = time.perf_counter() - item.received
             out = encode(item.device, item.info, row, predictor, latency * 1000.0)
@@ -275,11 +343,11 @@ class DeviceSink:
         self._notify = notify
         self._tallies: dict[str, Tally] = {}
 
-    def emit(self, x: np.ndarray, info: Any, received: float) -> None:
+    def emit(self, x: np.ndarray, info: Any, received: float, link: Link | None = None) -> None:
         if self._admit is not None and not self._admit(received):
             self._metrics.drop(RATE_LIMITED)
             return
-        self._submit(Ready(self._device, x, info, received))
+        self._submit(Ready(self._device, x, info, received, link))
 
     def drop(self, reason: str, n: int = 1, detail: str = "") -> None:
         self._metrics.drop(reason, n)

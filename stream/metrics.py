@@ -42,6 +42,20 @@ class ServiceMetrics:
         self.windows = Counter(
             "harstream_windows_classified", "model inputs classified", ["family"], registry=r
         )
+        self.windows_stepped = Counter(
+            "harstream_windows_incremental",
+            "model inputs computed incrementally from their id's previous input (the rest "
+            "of harstream_windows_classified were computed in full)",
+            ["family"],
+            registry=r,
+        )
+        self.state_bytes = Gauge(
+            "harstream_incremental_state_bytes",
+            "bytes an id's incremental state takes (0: the family computes every input in "
+            "full); at most this times harstream_devices_active in all",
+            ["family"],
+            registry=r,
+        )
         self.predictions = Counter(
             "harstream_predictions", "predictions published", ["family"], registry=r
         )
@@ -143,6 +157,8 @@ class FamilyMetrics:
         self.messages = m.messages.labels(family)
         self.samples = m.samples.labels(family)
         self.windows = m.windows.labels(family)
+        self.stepped = m.windows_stepped.labels(family)
+        self.state_bytes = m.state_bytes.labels(family)
         self.predictions = m.predictions.labels(family)
         self.devices = m.devices.labels(family)
         self.batch_size = m.batch_size.labels(family)

@@ -29,7 +29,12 @@ Contract for the pieces (all run on the MQTT network thread except ``encode``):
   may raise PayloadError too.
   A buffer that holds state worth keeping across a planned restart also implements
   :class:`Restorable` (``snapshot`` / ``restore``).
-- ``predictor`` is a :class:`models.predictor.Predictor` (bucketed jit, pre-compiled).
+  A buffer whose consecutive inputs overlap may pass ``sink.emit(x, info, mono, link)``
+  with a :class:`Link`: where the route has a ``stepper``, the engine then computes an
+  input that continues the id's previous one incrementally (see :class:`Link`).
+- ``predictor`` is a :class:`models.predictor.Predictor` (bucketed jit, pre-compiled);
+  ``stepper`` its incremental programs for the route's inputs (``predictor.stepper(hop)``),
+  or None.
 - ``encode(id, info, probs, predictor, latency_ms) -> bytes`` builds the output payload
   from one row of the predictor's output (a tuple of rows, one per output, when the
   predictor's forward returns several, as HAR's returns probabilities and embeddings);
@@ -54,7 +59,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from harstream.models.predictor import Predictor
+    from harstream.models.predictor import Predictor, Stepper
 
 
 class PayloadError(ValueError):
@@ -70,10 +75,39 @@ class RouteUnavailable(RuntimeError):
     """A family's route module or shipped model is not available in this installation."""
 
 
+class Carry:
+    """What an incremental model kept of the last input of an id's run of consecutive
+    inputs, for the next one: ``state`` (None before the run's first input is computed),
+    ``n``, the number of the input it belongs to, and ``by``, the stepper that computed it
+    (a reloaded model's stepper does not reuse another's state). Only the inference worker
+    reads and writes them; a buffer makes a new one whenever its inputs stop following
+    each other."""
+
+    __slots__ = ("state", "n", "by")
+
+    def __init__(self) -> None:
+        self.state: np.ndarray | None = None
+        self.n = -1
+        self.by: Any = None
+
+
+class Link(NamedTuple):
+    """An input's place in its id's run: the run's :class:`Carry` and the input's number.
+
+    Inputs of one run follow each other: each is the previous one shifted by the route's
+    hop. The engine steps input ``n`` from the carry's state when that state belongs to
+    input ``n - 1`` (nothing in between was dropped), and otherwise computes it in full;
+    either way it leaves the input's own state in the carry.
+    """
+
+    carry: Carry
+    n: int
+
+
 class Sink(Protocol):
     """Where a buffer hands over ready model inputs and reports deliberate drops."""
 
-    def emit(self, x: np.ndarray, info: Any, received: float) -> None: ...
+    def emit(self, x: np.ndarray, info: Any, received: float, link: Link | None = None) -> None: ...
 
     def drop(self, reason: str, n: int = 1, detail: str = "") -> None: ...
 
@@ -151,6 +185,7 @@ class Route:
     encode: Encoder
     real_rate: float = 1.0
     controls: Mapping[str, Control] = field(default_factory=dict)  # by topic suffix
+    stepper: Stepper | None = None
 
 
 def load_family_predictor(family: str, path: Any, max_batch: int) -> Predictor:

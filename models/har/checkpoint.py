@@ -36,10 +36,12 @@ def load(path: str | Path) -> tuple[Any, dict[str, Any], Any]:
 def predictor_from_checkpoint(path: Path, max_batch: int = 256) -> Predictor:
     """A compiled HAR predictor: (n, 80, 3) or (n, 240) m/s^2 in, class probabilities out
     (``predict``), with the embeddings too (``predict_outputs``: probabilities, then the
-    input of the final Dense layer), from the same compiled call."""
+    input of the final Dense layer), from the same compiled call. ``stepper(hop)`` gives
+    the CNN's incremental programs (:func:`network.make_step_forwards`)."""
     model, params, meta = load(path)
     norm = meta["normalization"]
-    forward = network.make_embed_forward(model, np.asarray(norm["mean"]), np.asarray(norm["std"]))
+    mean, std = np.asarray(norm["mean"]), np.asarray(norm["std"])
+    forward = network.make_embed_forward(model, mean, std)
     return Predictor(
         forward,
         params,
@@ -50,4 +52,5 @@ def predictor_from_checkpoint(path: Path, max_batch: int = 256) -> Predictor:
         labels=meta["classes"],
         max_batch=max_batch,
         meta=meta,
+        steps=lambda hop: network.make_step_forwards(model, mean, std, hop),
     )

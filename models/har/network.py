@@ -14,27 +14,47 @@ import jax.numpy as jnp
 import numpy as np
 
 from harstream.models.har.windows import AXES, WINDOW
+from harstream.models.predictor import StepForwards
+
+KERNEL = 10  # every convolution's width; VALID padding, stride 1
+FRONT_CHANNELS = 100  # the first two convolutions' output channels
 
 
 class HarCNN(nn.Module):
     """The article's network: 2x Conv1D(100,10), MaxPool(3), 2x Conv1D(160,10), GAP, dropout, dense.
 
     With 6 classes this has exactly 520,486 parameters, like the article's Keras model.
+    The network is two halves, :meth:`front` (the first two convolutions, whose outputs
+    depend on the samples under their kernels only: VALID padding, stride 1) and
+    :meth:`head` (the rest), so that :func:`make_step_forwards` can compute the front of
+    a window from the previous window's front and the new samples alone.
     """
 
     num_classes: int = 6
     dropout: float = 0.5
 
-    @nn.compact
+    def setup(self) -> None:
+        self.conv1 = nn.Conv(FRONT_CHANNELS, (KERNEL,), padding="VALID")
+        self.conv2 = nn.Conv(FRONT_CHANNELS, (KERNEL,), padding="VALID")
+        self.conv3 = nn.Conv(160, (KERNEL,), padding="VALID")
+        self.conv4 = nn.Conv(160, (KERNEL,), padding="VALID")
+        self.drop = nn.Dropout(self.dropout)
+        self.dense = nn.Dense(self.num_classes)
+
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        x = nn.relu(nn.Conv(100, (10,), padding="VALID", name="conv1")(x))
-        x = nn.relu(nn.Conv(100, (10,), padding="VALID", name="conv2")(x))
-        x = nn.max_pool(x, (3,), strides=(3,))
-        x = nn.relu(nn.Conv(160, (10,), padding="VALID", name="conv3")(x))
-        x = nn.relu(nn.Conv(160, (10,), padding="VALID", name="conv4")(x))
-        x = jnp.mean(x, axis=1)
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, name="dense")(x)  # logits; softmax in the forward
+        return self.head(self.front(x), train=train)
+
+    def front(self, x: jax.Array) -> jax.Array:
+        """The second convolution's output, ``(n, len - 18, 100)`` for ``(n, len, 3)``:
+        position ``p`` depends on input samples ``p`` to ``p + 18`` only."""
+        return nn.relu(self.conv2(nn.relu(self.conv1(x))))
+
+    def head(self, h: jax.Array, *, train: bool = False) -> jax.Array:
+        """Logits from the :meth:`front` of a whole window (softmax is in the forward)."""
+        h = nn.max_pool(h, (3,), strides=(3,))
+        h = nn.relu(self.conv4(nn.relu(self.conv3(h))))
+        h = jnp.mean(h, axis=1)
+        return self.dense(self.drop(h, deterministic=not train))
 
 
 class HarLSTM(nn.Module):
@@ -122,3 +142,44 @@ def make_embed_forward(model: nn.Module, mean: np.ndarray, std: np.ndarray):
         return jax.nn.softmax(logits, axis=-1), emb
 
     return forward
+
+
+def make_step_forwards(
+    model: nn.Module, mean: np.ndarray, std: np.ndarray, hop: int, window: int = WINDOW
+) -> StepForwards | None:
+    """The forward of :func:`make_embed_forward` computed incrementally over a device's
+    consecutive windows ``hop`` samples apart; None where that reuses nothing.
+
+    Only the HAR CNN qualifies: of its :meth:`HarCNN.front` (62 positions for 80 samples,
+    6.2 of the 8.7 million multiply-adds per window) the first ``62 - hop`` positions of a
+    window are the previous window's positions ``hop`` and on, since a position depends on
+    the 19 samples under it and nothing else (standardisation is per sample and channel).
+    The state kept per device is those ``62 - hop`` positions x 100 channels (float32:
+    16,800 bytes at hop 20). A step computes the front over the last ``hop + 18`` samples
+    (``hop`` new positions), prepends the state and runs :meth:`HarCNN.head` on the whole:
+    at hop 20 about 4.4 instead of 8.7 million multiply-adds. The LSTM's state after a
+    window depends on the whole window, so it has no such split.
+    """
+    front_len = window - 2 * (KERNEL - 1)
+    if not isinstance(model, HarCNN) or not 1 <= hop < front_len:
+        return None
+    standardize = _standardizer(mean, std)
+    reach = front_len - hop  # the first input sample a new front position depends on
+
+    def outputs(params: Any, front: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        logits, state = model.apply(
+            {"params": params}, front, method=HarCNN.head, capture_intermediates=_is_dropout
+        )
+        (emb,) = jax.tree_util.tree_leaves(state["intermediates"])
+        return jax.nn.softmax(logits, axis=-1), emb, front[:, hop:]
+
+    def front_of(params: Any, x: jax.Array) -> jax.Array:
+        return model.apply({"params": params}, standardize(x), method=HarCNN.front)
+
+    def full(params: Any, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        return outputs(params, front_of(params, x))
+
+    def step(params: Any, x: jax.Array, kept: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        return outputs(params, jnp.concatenate([kept, front_of(params, x[:, reach:])], axis=1))
+
+    return StepForwards(full, step, (reach, FRONT_CHANNELS))

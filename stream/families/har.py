@@ -82,8 +82,10 @@ from harstream.stream.families.har_labels import (
 )
 from harstream.stream.payloads import json_error, number
 from harstream.stream.routes import (
+    Carry,
     Control,
     Extra,
+    Link,
     PayloadError,
     Route,
     Sink,
@@ -379,6 +381,7 @@ class WindowBuffer:
         "_smoother",
         "_calibration",
         "_last_end",
+        "_carry",
     )
 
     def __init__(
@@ -392,6 +395,7 @@ class WindowBuffer:
         max_gap_s: float = 1.0,
         smoother: DeviceSmoother | None = None,
         calibration: DeviceCalibration | None = None,
+        incremental: bool = False,
     ) -> None:
         if not 1 <= hop <= window:
             raise ValueError(f"hop must be between 1 and the window length {window}, got {hop}")
@@ -418,6 +422,9 @@ class WindowBuffer:
         self._smoother = smoother
         self._calibration = calibration
         self._last_end: float | None = None  # the time of the last window's last reading
+        # the run of windows that follow each other (a new one after every restart), for a
+        # route that computes a window from its predecessor's state
+        self._carry = Carry() if incremental else None
 
     def push(self, value: Samples, wall: float, mono: float) -> int:
         """Add one message's readings; returns how many were accepted."""
@@ -553,6 +560,8 @@ class WindowBuffer:
         self._bin = [float(v) for v in state["bin"]]
         self._bin_n = int(state["bin_n"])
         self._segment = int(state.get("segment", 0))
+        if self._carry is not None:  # the saved rows have no computed state
+            self._carry = Carry()
 
     def _on_grid(self, times: np.ndarray) -> bool:
         """Whether every reading falls on the next grid points, nothing pending in between:
@@ -577,6 +586,8 @@ class WindowBuffer:
         # The next window starts a new segment: the inference worker, which alone touches
         # the smoother, resets it when it sees the new number (no lock between the threads).
         self._segment += 1
+        if self._carry is not None:
+            self._carry = Carry()
         if self._n:
             self._sink.drop(
                 "gap",
@@ -691,7 +702,10 @@ class WindowBuffer:
         start, end = float(self._stamps[0]), float(self._stamps[n - 1])
         self._last_end = end
         info = WindowInfo(start, end, self._seq, self._segment, self._smoother, self._calibration)
-        self._sink.emit(self._x.copy(), info, mono)
+        carry = self._carry
+        self._sink.emit(
+            self._x.copy(), info, mono, None if carry is None else Link(carry, self._seq)
+        )
         keep = n - self._hop
         self._x[:keep] = self._x[self._hop :]
         self._stamps[:keep] = self._stamps[self._hop :]
@@ -709,6 +723,7 @@ def build(config: Any, predictor: Any = None) -> Route:
     window, axes = predictor.item_shape
     if not 1 <= config.hop <= window:
         raise ValueError(f"--hop must be between 1 and the window {window}, got {config.hop}")
+    stepper = predictor.stepper(config.hop) if config.incremental else None
     rate_hz = float(predictor.meta.get("rate_hz", 20.0))
     labels = list(predictor.labels)
     tag = predictor.tag
@@ -739,6 +754,7 @@ def build(config: Any, predictor: Any = None) -> Route:
             max_gap_s=config.max_gap,
             smoother=None if params is None else DeviceSmoother(len(labels), params),
             calibration=None if calibrator is None else calibrator.new_device(),
+            incremental=stepper is not None,
         )
 
     def encode(
@@ -791,6 +807,7 @@ def build(config: Any, predictor: Any = None) -> Route:
         encode,
         real_rate,
         controls,
+        stepper,
     )
 
 

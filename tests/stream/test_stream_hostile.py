@@ -99,7 +99,7 @@ class Collect:
         self.windows = 0
         self.drops = 0
 
-    def emit(self, x, info, received) -> None:
+    def emit(self, x, info, received, link=None) -> None:
         assert x.shape == (80, 3) and np.isfinite(x).all()
         self.windows += 1
 

@@ -23,7 +23,7 @@ class Sink:
     def __init__(self) -> None:
         self.windows: list[tuple[list, tuple]] = []
 
-    def emit(self, x, info, received) -> None:
+    def emit(self, x, info, received, link=None) -> None:
         self.windows.append((x.tolist(), info))
 
     def drop(self, reason, n=1, detail="") -> None:

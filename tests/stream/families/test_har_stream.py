@@ -117,7 +117,7 @@ class Sink:
         self.drops: dict[str, int] = {}
         self.details: list[str] = []
 
-    def emit(self, x, info, received) -> None:
+    def emit(self, x, info, received, link=None) -> None:
         self.windows.append((x, info))
 
     def drop(self, reason, n=1, detail="") -> None:
