@@ -1,0 +1,202 @@
+"""Incremental inference in the service: a window that continues its device's previous one
+is stepped from that window's state, every other one computed in full, with the same answers.
+
+The pipeline tests run the HAR route's own buffers, table and inference worker (no broker):
+every published probability is compared with the predictor's full computation of the window
+the buffer cut, through gaps, timed/untimed restarts, resampling, evictions, dropped windows
+and several windows of one device in one batch. The last test runs two services on a broker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from bus_client import T0
+
+from harstream.stream.config import ServeConfig
+from harstream.stream.devices import BufferTable
+from harstream.stream.engine import DeviceSink, InferenceWorker
+from harstream.stream.families import har
+from harstream.stream.families.har import Samples
+from harstream.stream.metrics import ServiceMetrics
+
+ATOL = 1e-5
+
+
+class Recorder:
+    """A sink between a buffer and the engine that keeps each window it passes on."""
+
+    def __init__(self, device: str, inner: DeviceSink, windows: dict) -> None:
+        self._device, self._inner, self._windows = device, inner, windows
+
+    def emit(self, x: np.ndarray, info: Any, received: float, link: Any = None) -> None:
+        self._windows[(self._device, info.seq, info.segment, id(self))] = x
+        self._inner.emit(x, info, received, link)
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self._inner.drop(reason, n)
+
+
+class Pipeline:
+    """The HAR route for ``hop`` with its worker and device table; ``publish`` records."""
+
+    def __init__(self, predictor: Any, hop: int, queue_size: int = 4096) -> None:
+        config = ServeConfig(hop=hop, smoothing="off", max_batch=predictor.max_batch)
+        self.route = har.build(config, predictor)
+        self.metrics = ServiceMetrics()
+        self.fm = self.metrics.family("har")
+        self.published: list[dict] = []
+        self.windows: dict[tuple, np.ndarray] = {}
+        self.worker = InferenceWorker(
+            self.route,
+            lambda topic, payload, retain: self.published.append(json.loads(payload)),
+            self.fm,
+            prefix="p",
+            queue_size=queue_size,
+        )
+        self.sinks: dict[str, Recorder] = {}
+        self.table = BufferTable(self._new, max_ids=100, ttl_s=5.0, on_evict=lambda d, r: None)
+
+    def _new(self, device: str) -> Any:
+        sink = Recorder(device, DeviceSink(device, self.worker, self.fm), self.windows)
+        self.sinks[device] = sink
+        return self.route.new_buffer(device, sink)
+
+    def push(self, device: str, xyz: np.ndarray, times: np.ndarray | None, now: float) -> None:
+        self.table.get(device, now).push(Samples(xyz, times, 20.0), now, time.perf_counter())
+
+    def check(self, predictor: Any) -> int:
+        """Every published window's probabilities against the full computation; returns
+        how many windows were stepped."""
+        self.worker.stop()
+        cut = {(device, seq, seg): x for (device, seq, seg, _), x in self.windows.items()}
+        assert len(cut) == len(self.windows)  # no two buffers of a device cut the same window
+        assert len(self.published) == len(cut)
+        keys = [(p["device"], p["seq"], p["window"]) for p in self.published]
+        for doc in self.published:
+            matches = [
+                x
+                for (device, seq, _), x in cut.items()
+                if device == doc["device"] and seq == doc["seq"]
+            ]
+            got = np.array(list(doc["probs"].values()), np.float32)
+            assert any(np.allclose(got, predictor.predict(x)[0], atol=ATOL) for x in matches), (
+                f"{doc['device']} window {doc['seq']} differs from its full computation"
+            )
+        assert len(set(map(str, keys))) == len(keys)
+        return int(self.metrics.value("harstream_windows_incremental_total", family="har"))
+
+
+def stream(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    xyz = rng.normal(0.0, 3.0, (n, 3))
+    xyz[:, 2] += 9.8
+    return xyz
+
+
+def feed(pipe: Pipeline, hop: int) -> int:
+    """Five devices through every kind of break; returns how many windows were cut."""
+    per_message = 7  # not a divisor of any hop: windows complete mid-message
+    a, b, c, e = (stream(400, seed) for seed in range(4))
+    d = stream(1000, 4)
+    t = T0 + np.arange(400) / 20.0
+    for start in range(0, 400, per_message):
+        part = slice(start, start + per_message)
+        now = T0 + start / 20.0
+        pipe.push("steady", a[part], t[part], now)
+        # a 3 s gap after sample 200: the partial window is discarded and a new run starts
+        pipe.push("gappy", b[part], t[part] + (3.0 if start >= 200 else 0.0), now)
+        # untimed from sample 150 to 250: a restart each way
+        pipe.push("switch", c[part], None if 150 <= start < 250 else t[part], now)
+        # 50 Hz timed readings, resampled onto the 20 Hz grid
+        fast = slice(int(start * 2.5), int((start + per_message) * 2.5))
+        pipe.push("fifty", d[fast], T0 + np.arange(1000)[fast] / 50.0, now)
+        # silent from sample 150 to 250: evicted as idle, then a new buffer
+        if not 150 <= start < 250:
+            pipe.push("evicted", e[part], t[part], now)
+        pipe.table.evict_idle(now)
+    assert "evicted" in pipe.table
+    return len(pipe.windows)
+
+
+@pytest.mark.parametrize("hop", [10, 20, 40, 60])
+def test_stepped_windows_equal_full_ones_through_gaps_restarts_and_evictions(har_predictor, hop):
+    pipe = Pipeline(har_predictor, hop)
+    pipe.worker.start()
+    windows = feed(pipe, hop)
+    stepped = pipe.check(har_predictor)
+    # each device's first window after a break is computed in full: steady 1, gappy 2,
+    # switch 3, fifty 1, evicted 2, plus any window that shared a batch with its predecessor
+    assert 0 < stepped <= windows - 9
+
+
+def test_windows_queued_together_are_right_whatever_the_batch(har_predictor):
+    """With the worker started late, a device's consecutive windows share batches: the
+    first of them steps, the next ones are computed in full and each leaves its state."""
+    pipe = Pipeline(har_predictor, 20)
+    windows = feed(pipe, 20)
+    pipe.worker.start()
+    stepped = pipe.check(har_predictor)
+    assert stepped < windows - 9
+
+
+def test_a_dropped_window_makes_the_next_one_full(har_predictor):
+    pipe = Pipeline(har_predictor, 20, queue_size=3)
+    feed(pipe, 20)  # the worker is not running: all but the last 3 windows are dropped
+    dropped = pipe.metrics.value("harstream_drops_total", family="har", reason="queue_full")
+    assert dropped > 0
+    pipe.windows = {k: x for k, x in list(pipe.windows.items())[-3:]}
+    pipe.worker.start()
+    assert pipe.check(har_predictor) == 0
+
+
+def test_a_devices_state_is_one_fixed_array_and_goes_with_its_buffer(har_predictor):
+    pipe = Pipeline(har_predictor, 20)
+    pipe.worker.start()
+    feed(pipe, 20)
+    pipe.worker.stop()
+    stepper = pipe.route.stepper
+    assert pipe.metrics.value("harstream_incremental_state_bytes", family="har") == 16_800
+    for device, buffer, _ in pipe.table.entries():
+        carry = buffer._carry
+        assert carry.state is not None, device
+        assert carry.state.nbytes == stepper.state_bytes and carry.state.base is None
+    pipe.table.remove("steady")
+    assert "steady" not in pipe.table
+
+
+def test_no_incremental_and_other_models_compute_every_window_in_full(har_predictor):
+    config = ServeConfig(hop=20, incremental=False, max_batch=har_predictor.max_batch)
+    assert har.build(config, har_predictor).stepper is None
+    config = ServeConfig(hop=70, max_batch=har_predictor.max_batch)
+    assert har.build(config, har_predictor).stepper is None
+
+
+def test_the_service_answers_the_same_with_and_without_incremental(serve, device, prefix):
+    rng = np.random.default_rng(7)
+    readings = {f"d{i}": rng.normal(0.0, 3.0, (200, 3)).tolist() for i in range(3)}
+    answers = []
+    for incremental in (True, False):
+        service = serve(incremental=incremental, smoothing="off")
+        tag = "inc" if incremental else "full"
+        for name, rows in readings.items():
+            for start in range(0, 200, 10):
+                part = [
+                    [T0 + (start + i) / 20.0, *r] for i, r in enumerate(rows[start : start + 10])
+                ]
+                device.publish(f"{tag}-{name}", {"samples": part})
+        got = {name: device.wait_for(f"{tag}-{name}", 7) for name in readings}
+        stepped = service.metrics.value("harstream_windows_incremental_total", family="har")
+        assert (stepped > 0) == incremental
+        service.stop()
+        answers.append(got)
+    for name in readings:
+        on, off = answers[0][name], answers[1][name]
+        assert [p["seq"] for p in on] == [p["seq"] for p in off] == list(range(1, 8))
+        for a, b in zip(on, off, strict=True):
+            assert a["window"] == b["window"]
+            assert list(a["probs"].values()) == pytest.approx(list(b["probs"].values()), abs=ATOL)
