@@ -7,6 +7,13 @@ interleaved rounds with the JAX predictor so that outside load hits all of them 
 Every runtime is timed at each thread count of ``threads`` (1 and one per core by
 default): JAX at a count other than this process's runs in a child process
 (:mod:`harstream.bench.jax_process`), as ``harstream serve --inference-threads`` would.
+
+A model with incremental programs (the HAR CNN) is also timed stepping each window from
+its predecessor's state at each hop of :data:`STEP_HOPS`, at this process's thread count
+when ``threads`` holds it, interleaved with the full path: the rows with a ``hop`` and
+the report's ``incremental`` section (items/s against the full path in the same run). A
+stepped call includes what the service's worker does around it: stacking each window's
+state from its own array into the batch and copying each new state back.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from harstream.bench.timing import CallRunner, Runner, Timing, time_interleaved
 from harstream.models.runtime import default_cpu_threads
 
 BATCHES = (1, 8, 64, 256)
+STEP_HOPS = (20, 40)  # the default --hop, and the --hop 40 of the e2e capacity runs
 FAMILIES = ("har-cnn", "har-lstm", "text", "series")
 # family -> its shipped checkpoint under models/weights/
 SHIPPED = {
@@ -158,6 +166,8 @@ def run(config: ModelBenchConfig, log=print) -> ModelBenchRun:
             if predictor.meta.get("arch") in peers_mod.PEER_ARCHS:
                 family_peers = peers_mod.build_peers(predictor, config.threads, config.runtimes)
             jax_runners, children = jax_runtimes(predictor, path, config.threads)
+            if default_cpu_threads() in config.threads:
+                jax_runners.update(step_runners(predictor))
             try:
                 diffs = peers_mod.check_peers(predictor, family_peers, config.seed)
                 diffs.update(check_jax_children(predictor, children, config.seed))
@@ -189,6 +199,7 @@ def run(config: ModelBenchConfig, log=print) -> ModelBenchRun:
     report = {
         "results": results,
         "ratios": peer_ratios(results),
+        "incremental": step_ratios(results),
         "models": models,
         "skipped": skipped,
         "settings": _settings(config),
@@ -222,6 +233,69 @@ def jax_runtimes(
     return runners, children
 
 
+def step_key(hop: int) -> str:
+    return f"jax-hop{hop}/{default_cpu_threads()}t"
+
+
+class StepCall:
+    """A stepped call as the service's worker makes it, for batches of ``x``'s size: each
+    of the batch's windows has its own state array (the device's), stacked into the
+    call's state batch before and refreshed from the call's new states after."""
+
+    def __init__(self, stepper: Any) -> None:
+        self._stepper = stepper
+        self._states: list[np.ndarray] = []
+        self._batch = np.zeros((0,))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        n = len(x)
+        if len(self._states) != n:  # a new batch size: every device's first window in full
+            *_, states = self._stepper.full(x)
+            self._states = [s.copy() for s in states]
+            self._batch = self._stepper.zero_states(n)
+        batch = self._batch
+        for i, state in enumerate(self._states):
+            batch[i] = state
+        probs, *_, states = self._stepper.step(x, batch)
+        for state, new in zip(self._states, states, strict=True):
+            state[...] = new
+        return probs
+
+
+def step_runners(predictor: Any) -> dict[str, Runner]:
+    """A runner per hop of :data:`STEP_HOPS` that ``predictor`` can step, at this
+    process's thread count."""
+    steppers = {hop: predictor.stepper(hop) for hop in STEP_HOPS}
+    return {step_key(h): CallRunner(StepCall(s)) for h, s in steppers.items() if s is not None}
+
+
+def step_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per family, batch and hop: stepped items/s against the full path at the same
+    thread count, from the same run."""
+    full = {
+        (r["family"], r["batch"], r["threads"]): r
+        for r in results
+        if r["runtime"] == "jax" and "hop" not in r
+    }
+    out = []
+    for r in results:
+        base = full.get((r["family"], r["batch"], r["threads"]))
+        if "hop" not in r or base is None:
+            continue
+        out.append(
+            {
+                "family": r["family"],
+                "batch": r["batch"],
+                "hop": r["hop"],
+                "threads": r["threads"],
+                "full_items_per_s": base["items_per_s"],
+                "step_items_per_s": r["items_per_s"],
+                "speedup": round(r["items_per_s"] / base["items_per_s"], 3),
+            }
+        )
+    return out
+
+
 def check_jax_children(
     predictor: Any, children: list[JaxProcess], seed: int = 0
 ) -> dict[str, float]:
@@ -245,6 +319,12 @@ def _rows(
             row = {"family": family, "runtime": "jax", "batch": batch, "threads": threads}
             row.update(timing.summary())
             jax_p50[threads] = row["p50_ms"]
+            rows.append(row)
+        elif key.startswith("jax-hop"):
+            hop, threads = key[7:-1].split("/")
+            row = {"family": family, "runtime": "jax", "batch": batch, "threads": int(threads)}
+            row["hop"] = int(hop)
+            row.update(timing.summary())
             rows.append(row)
     for peer in peers:
         row = {"family": family, "runtime": peer.runtime, "batch": batch, "threads": peer.threads}
@@ -278,11 +358,16 @@ def _settings(config: ModelBenchConfig) -> dict[str, Any]:
 
 def _format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(
-        f"  {r['family']:<8} {r['runtime']:<12} threads={r['threads']!s:<11} batch={r['batch']:<4}"
+        f"  {r['family']:<8} {_path(r):<12} threads={r['threads']!s:<11} batch={r['batch']:<4}"
         f" p50={r['p50_ms']:9.3f} ms  p99={r['p99_ms']:9.3f} ms  {r['items_per_s']:11.1f} items/s"
         + (f"  x{r['p50_ratio_vs_jax']:.2f} of jax" if "p50_ratio_vs_jax" in r else "")
         for r in rows
     )
+
+
+def _path(row: dict[str, Any]) -> str:
+    """The runtime, or for a stepped row ``jax hop N``."""
+    return f"jax hop {row['hop']}" if "hop" in row else row["runtime"]
 
 
 def peer_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -293,6 +378,8 @@ def peer_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     best: dict[tuple[str, int, str], dict[str, Any]] = {}
     for r in results:
+        if "hop" in r:  # the incremental path has no peer counterpart
+            continue
         key = (r["family"], r["batch"], r["runtime"])
         if key not in best or r["p50_ms"] < best[key]["p50_ms"]:
             best[key] = r
@@ -335,6 +422,17 @@ def format_report(report: dict[str, Any]) -> str:
             f" {r['jax_p50_ms']:9.3f} ms"
             f"  time x{r['p50_ratio']:.2f}  throughput x{r['throughput_ratio']:.2f}"
             for r in report["ratios"]
+        ]
+    if report.get("incremental"):
+        lines += [
+            "",
+            "incremental (each window stepped from its predecessor's state) vs full path:",
+        ]
+        lines += [
+            f"  {r['family']:<8} batch={r['batch']:<4} hop={r['hop']:<3} threads={r['threads']:<2}"
+            f" {r['step_items_per_s']:11.1f} items/s vs {r['full_items_per_s']:11.1f}"
+            f"  x{r['speedup']:.2f}"
+            for r in report["incremental"]
         ]
     for what, why in report["skipped"].items():
         lines.append(f"skipped {what}: {why}")

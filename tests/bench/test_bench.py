@@ -61,6 +61,25 @@ def test_bench_model_writes_the_documented_json(tmp_path, capsys):
     assert "har-cnn" in capsys.readouterr().out
 
 
+def test_bench_model_times_the_har_cnn_stepped_beside_the_full_path(tmp_path, capsys):
+    out = tmp_path / "model.json"
+    argv = ["bench", "model", "--family", "har-cnn", "--batches", "1,2", "--seconds", "0.05"]
+    threads = str(default_cpu_threads())
+    assert (
+        main([*argv, "--min-calls", "2", "--threads", threads, "--no-peers", "--json", str(out)])
+        == 0
+    )
+    report = json.loads(out.read_text())
+    stepped = [r for r in report["results"] if "hop" in r]
+    assert {(r["hop"], r["batch"]) for r in stepped} == {(h, b) for h in (20, 40) for b in (1, 2)}
+    assert {(r["hop"], r["batch"]) for r in report["incremental"]} == {
+        (h, b) for h in (20, 40) for b in (1, 2)
+    }
+    for row in report["incremental"]:
+        assert row["speedup"] > 0 and row["full_items_per_s"] > 0
+    assert "jax hop 20" in capsys.readouterr().out
+
+
 def test_bench_model_times_a_family_without_peers(tmp_path):
     out = tmp_path / "model.json"
     argv = ["bench", "model", "--family", "text", "--batches", "1", "--seconds", "0.05"]
