@@ -129,7 +129,9 @@ Start a private MQTT broker (Mosquitto when installed) on a free loopback port a
 the service, then publisher processes streaming N simulated devices; time every window
 from publishing its last sample to receiving its prediction. Also measures a naive
 baseline (the service with batching off: one model call per window, as each window
-completes) under the same load. --broker uses that broker instead; --no-service uses a
+completes) under the same load. The services compute windows incrementally unless
+--no-incremental; --compare-full also measures the batched service computing every window
+in full, in the same run. --broker uses that broker instead; --no-service uses a
 service already running there (the naive baseline still starts its own, on its own
 topic prefix). --sweep raises the number of devices until p99 passes --bound-ms, windows
 are lost or the load generator falls behind, and reports the largest number that held.
@@ -143,6 +145,7 @@ E2E_EPILOG = """\
 examples:
   harstream bench e2e --devices 200                          # 4,000 msg/s, one sample each
   harstream bench e2e --sweep --devices 500 --samples-per-message 20 --json e2e.json
+  harstream bench e2e --sweep --devices 1000 --samples-per-message 20 --compare-full --no-naive
   harstream bench e2e --broker mqtt://127.0.0.1:1883 --no-service --devices 50
 """
 
@@ -214,6 +217,19 @@ def _register_e2e(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", type=Path, help="HAR checkpoint to serve (default: the shipped one)")
     p.add_argument(
+        "--incremental",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve with 'harstream serve --incremental' (default); --no-incremental "
+        "computes every window in full, as before",
+    )
+    p.add_argument(
+        "--compare-full",
+        action="store_true",
+        help="also measure the batched service with --no-incremental, in the same run and "
+        "under the same load (the 'full' phase; with --sweep, its own capacity)",
+    )
+    p.add_argument(
         "--sweep",
         action="store_true",
         help="raise --devices by --sweep-factor until p99 > --bound-ms or windows are lost",
@@ -266,6 +282,8 @@ def _run_e2e(args: argparse.Namespace) -> int:
             bound_ms=args.bound_ms,
             sweep_factor=args.sweep_factor,
             max_devices=args.max_devices,
+            incremental=args.incremental,
+            compare_full=args.compare_full,
         )
         broker = None
         if args.broker or args.no_service:

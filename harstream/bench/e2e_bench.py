@@ -7,6 +7,9 @@ Reported per run: window latency percentiles (last sample published -> predictio
 received), windows expected and received, messages and samples per second sustained,
 and the service's CPU use.
 
+The services compute windows incrementally (``harstream serve --incremental``, the
+default); ``--no-incremental`` serves every window in full instead, and ``--compare-full``
+measures the batched service both ways in one run (the second as the "full" phase).
 The "naive" baseline is the same service with batching off (``--max-batch 1
 --max-wait-ms 0``: one model call per window, as each window completes), measured in the
 same run under the same load, on its own topic prefix, after the batched service stopped.
@@ -67,6 +70,8 @@ class E2EConfig:
     bound_ms: float = 50.0
     sweep_factor: float = 1.5
     max_devices: int = 20000
+    incremental: bool = True
+    compare_full: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -80,6 +85,10 @@ class E2EConfig:
             (self.bound_ms > 0, "the latency bound must be > 0"),
             (self.warmup_s >= 0, "the warm-up must be >= 0 seconds"),
             (1 <= self.hop <= 80, "hop must be 1-80"),
+            (
+                self.incremental or not self.compare_full,
+                "--compare-full compares with the incremental path: drop --no-incremental",
+            ),
             (
                 self.inference_threads is None or self.inference_threads >= 1,
                 "inference threads must be >= 1",
@@ -326,10 +335,12 @@ def summarize(
 def run(
     config: E2EConfig, broker: Any | None = None, log_line: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """The whole e2e benchmark (single N, or ``--sweep``), batched then naive."""
+    """The whole e2e benchmark (single N, or ``--sweep``): batched, full (with
+    ``compare_full``), then naive."""
     with tempfile.TemporaryDirectory(prefix="harstream-bench-e2e-") as tmp:
         workdir = Path(tmp)
         common_args = ["--hop", str(config.hop), *_model_args(config, workdir)]
+        path_args = ["--incremental" if config.incremental else "--no-incremental"]
         if config.inference_threads is not None:
             common_args += ["--inference-threads", str(config.inference_threads)]
         with bench_broker(broker) as (bcfg, kind):
@@ -345,11 +356,23 @@ def run(
                 bcfg,
                 config.prefix,
                 "batched",
-                batched_args + common_args,
+                batched_args + path_args + common_args,
                 config.service,
                 workdir,
                 log_line,
             )
+            full = None
+            if config.compare_full:
+                full = _phase(
+                    config,
+                    bcfg,
+                    f"{config.prefix}-full",
+                    "full",
+                    [*batched_args, "--no-incremental", *common_args],
+                    True,
+                    workdir,
+                    log_line,
+                )
             naive = None
             if config.naive:
                 naive_args = ["--max-batch", "1", "--max-wait-ms", "0"]
@@ -358,12 +381,12 @@ def run(
                     bcfg,
                     f"{config.prefix}-naive",
                     "naive",
-                    naive_args + common_args,
+                    naive_args + path_args + common_args,
                     True,
                     workdir,
                     log_line,
                 )
-    report = _report(config, batched, naive)
+    report = _report(config, batched, naive, full)
     report["broker"] = kind
     return report
 
@@ -428,7 +451,10 @@ def _phase(
 
 
 def _report(
-    config: E2EConfig, batched: list[dict[str, Any]], naive: list[dict[str, Any]] | None
+    config: E2EConfig,
+    batched: list[dict[str, Any]],
+    naive: list[dict[str, Any]] | None,
+    full: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     def best(points: list[dict[str, Any]]) -> dict[str, Any]:
         held = [p for p in points if p["held"]]
@@ -437,6 +463,8 @@ def _report(
     report = dict(best(batched) if config.sweep else batched[0])
     if naive:
         report["naive"] = best(naive) if config.sweep else naive[0]
+    if full:
+        report["full"] = best(full) if config.sweep else full[0]
     if config.sweep:
         report["sweep"] = {
             "bound_ms": config.bound_ms,
@@ -449,6 +477,11 @@ def _report(
                 (p["devices"] for p in naive if p["held"]), default=0
             )
             report["sweep"]["naive_points"] = naive
+        if full:
+            report["sweep"]["full_capacity_devices"] = max(
+                (p["devices"] for p in full if p["held"]), default=0
+            )
+            report["sweep"]["full_points"] = full
     report["settings"] = {
         "rate_hz": config.rate_hz,
         "samples_per_message": config.samples_per_message,
@@ -456,6 +489,7 @@ def _report(
         "publishers": config.publishers,
         "qos": config.qos,
         "hop": config.hop,
+        "incremental": config.incremental,
         "max_batch": config.max_batch,
         "max_wait_ms": config.max_wait_ms,
         "inference_threads": config.inference_threads or default_inference_threads(),
@@ -501,11 +535,15 @@ def format_report(report: dict[str, Any]) -> str:
     """The human-readable summary of a ``bench e2e`` report."""
     bound = report["settings"]["bound_ms"]
     lines = [format_point("batched", report, bound)]
+    if "full" in report:
+        lines.append(format_point("full", report["full"], bound))
     if "naive" in report:
         lines.append(format_point("naive", report["naive"], bound))
     sweep = report.get("sweep")
     if sweep:
         lines.append(f"capacity (p99 <= {bound:g} ms, nothing lost): {sweep['capacity_devices']}")
+        if "full_capacity_devices" in sweep:
+            lines.append(f"full-path capacity: {sweep['full_capacity_devices']} devices")
         if "naive_capacity_devices" in sweep:
             lines.append(f"naive capacity: {sweep['naive_capacity_devices']} devices")
     return "\n".join(lines)

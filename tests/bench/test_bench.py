@@ -132,7 +132,7 @@ def test_bench_train_rejects_a_single_epoch(capsys):
     assert "epochs" in capsys.readouterr().err
 
 
-def test_bench_e2e_sweeps_batched_and_naive_services(broker, har_model_path, tmp_path):
+def test_bench_e2e_sweeps_batched_full_path_and_naive_services(broker, har_model_path, tmp_path):
     from harstream.bench import e2e_bench, plots
 
     config = e2e_bench.E2EConfig(
@@ -148,15 +148,18 @@ def test_bench_e2e_sweeps_batched_and_naive_services(broker, har_model_path, tmp
         sweep_factor=2.0,
         max_devices=4,
         bound_ms=60_000.0,  # a sweep that only stops at max_devices: nothing here is timed
+        compare_full=True,
     )
     report = e2e_bench.run(config, e2e_bench.client_settings(broker), log_line=lambda _: None)
     json.loads(json.dumps(report))
     sweep = report["sweep"]
     assert [p["devices"] for p in sweep["points"]] == [2, 4]
     assert [p["devices"] for p in sweep["naive_points"]] == [2, 4]
+    assert [p["devices"] for p in sweep["full_points"]] == [2, 4]
     assert sweep["capacity_devices"] == sweep["naive_capacity_devices"] == 4
-    assert report["devices"] == report["naive"]["devices"] == 4
-    for result in (*sweep["points"], *sweep["naive_points"]):
+    assert sweep["full_capacity_devices"] == 4 and report["settings"]["incremental"]
+    assert report["devices"] == report["naive"]["devices"] == report["full"]["devices"] == 4
+    for result in (*sweep["points"], *sweep["naive_points"], *sweep["full_points"]):
         assert result.keys() >= E2E_KEYS
         assert result["windows_expected"] > 0
         assert result["windows_received"] == result["windows_expected"]
@@ -179,6 +182,13 @@ def test_windows_are_counted_from_prefill_and_live_samples():
     one = LoadSpec(None, "har", ("a", "b"), samples_per_message=1, duration_s=1.5, hop=20)
     assert [one.prefill(j) for j in (0, 1)] == [79, 69]  # the 2nd device is half a hop later
     assert [one.windows(j) for j in (0, 1)] == [2, 1]
+
+
+def test_e2e_compare_full_needs_the_incremental_path():
+    from harstream.bench.e2e_bench import E2EConfig
+
+    with pytest.raises(ValueError, match="compare-full"):
+        E2EConfig(incremental=False, compare_full=True)
 
 
 def test_e2e_summary_marks_loss_and_missed_bound():
