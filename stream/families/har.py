@@ -128,11 +128,14 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 class Samples(NamedTuple):
     """Decoded readings: ``xyz`` an ``(n, 3)`` array, per-row unix ``times`` (a float64 array,
-    None when untimed), the rate. Arrays, so that buffers can copy whole blocks."""
+    None when untimed), the rate. Arrays, so that buffers can copy whole blocks.
+    ``regular``: the times are ``t0 + i / rate_hz`` (a message with a ``t0``), evenly
+    spaced by construction."""
 
     xyz: np.ndarray
     times: np.ndarray | None
     rate_hz: float
+    regular: bool = False
 
 
 def encode_binary(xyz: Any, rate_hz: float = DEFAULT_RATE_HZ, t0: float | None = None) -> bytes:
@@ -281,10 +284,10 @@ def _decode_batch(rows: Any, rate_hz: Any, t0: Any, may_hold_bools: bool) -> Sam
         _check_magnitudes(xyz)
         return Samples(xyz, _device_times(times), rate)
     _check_magnitudes(arr)
-    times = None
-    if t0 is not None:
-        times = device_time(number(t0, "t0"), "t0") + np.arange(arr.shape[0]) / rate
-    return Samples(arr, times, rate)
+    if t0 is None:
+        return Samples(arr, None, rate)
+    times = device_time(number(t0, "t0"), "t0") + np.arange(arr.shape[0]) / rate
+    return Samples(arr, times, rate, regular=True)
 
 
 def _holds_bool(rows: list[Any]) -> bool:
@@ -323,12 +326,12 @@ def _decode_binary(payload: bytes) -> Samples:
     if not math.isfinite(rate):
         raise PayloadError("binary_garbage", f"binary header has an invalid rate_hz {rate}")
     check_rate(rate)
-    times = None
-    if not math.isnan(t0):
-        if not math.isfinite(t0):
-            raise PayloadError("binary_garbage", f"binary header has an invalid t0 {t0}")
-        times = device_time(t0, "t0") + np.arange(arr.shape[0]) / rate
-    return Samples(arr, times, float(rate))
+    if math.isnan(t0):
+        return Samples(arr, None, float(rate))
+    if not math.isfinite(t0):
+        raise PayloadError("binary_garbage", f"binary header has an invalid t0 {t0}")
+    times = device_time(t0, "t0") + np.arange(arr.shape[0]) / rate
+    return Samples(arr, times, float(rate), regular=True)
 
 
 # --- buffer: one device's readings -> model windows -----------------------------------------------
@@ -438,7 +441,7 @@ class WindowBuffer:
             self._restart(SWITCHED)
         self._timed = timed
         if timed:
-            if self._on_grid(times):
+            if self._on_grid(times, value.regular):
                 if self._prev_t is None:  # a device's first reading anchors its grid
                     self._anchor, self._k = float(times[0]), 0
                 self._extend(xyz, times, mono)
@@ -563,10 +566,15 @@ class WindowBuffer:
         if self._carry is not None:  # the saved rows have no computed state
             self._carry = Carry()
 
-    def _on_grid(self, times: np.ndarray) -> bool:
+    def _on_grid(self, times: np.ndarray, regular: bool) -> bool:
         """Whether every reading falls on the next grid points, nothing pending in between:
         then resampling is the identity and the block is copied as it is (the common case
-        of a device at the model's rate with exact timestamps, one or many per message)."""
+        of a device at the model's rate with exact timestamps, one or many per message).
+
+        For ``regular`` times (evenly spaced) a reading's distance from its grid point
+        grows linearly along the message, so it is largest at an end: checking the last
+        reading is enough (1 us instead of 6 us for 20 readings, on every message of a
+        device that sends a ``t0``)."""
         if self._bin_n or self._dt > self._max_gap:
             return False
         if self._prev_t is None:
@@ -575,9 +583,12 @@ class WindowBuffer:
             first = self._anchor + self._k * self._dt
             if abs(times[0] - first) > SNAP_TOLERANCE_S:
                 return False
-        if len(times) == 1:
+        n = len(times)
+        if n == 1:
             return True
-        grid = first + np.arange(len(times)) * self._dt
+        if regular:
+            return abs(float(times[-1]) - (first + (n - 1) * self._dt)) <= SNAP_TOLERANCE_S
+        grid = first + np.arange(n) * self._dt
         return bool(np.abs(times - grid).max() <= SNAP_TOLERANCE_S)
 
     def _restart(self, why: str) -> None:

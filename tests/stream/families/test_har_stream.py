@@ -182,6 +182,35 @@ def test_block_copy_and_per_reading_resampling_give_the_same_windows():
     assert jittered == pytest.approx([129.0, 129.0 + 5 / 6, 130.5], abs=1e-4)
 
 
+def test_t0_messages_are_marked_regular_and_cut_like_per_row_times():
+    """A message with a t0 is checked against the grid at its ends only: the same windows
+    as its per-row times, on the grid, off it by a fraction of a step, at other rates."""
+    assert decode_accel(b'{"samples": [[1, 2, 3], [4, 5, 6]], "t0": 100}').regular
+    assert decode_accel(encode_binary([[1, 2, 3]] * 3, t0=100.0)).regular
+    assert not decode_accel(b"[[10.0, 1, 2, 3], [10.05, 4, 5, 6]]").regular
+    rng = np.random.default_rng(3)
+    for rate, offset in ((20.0, 0.0), (20.0, 0.0004), (20.0, 0.003), (20.2, 0.0), (50.0, 0.0)):
+        messages = []
+        t = T0
+        for _ in range(30):
+            k = int(rng.integers(1, 30))
+            xyz = rng.normal(size=(k, 3))
+            times = t + offset * (len(messages) % 2) + np.arange(k) / rate
+            messages.append((xyz, times))
+            t += k / rate
+        windows = []
+        for regular in (True, False):
+            sink = Sink()
+            buffer = WindowBuffer(sink)
+            for xyz, times in messages:
+                buffer.push(Samples(xyz, times, rate, regular), 0.0, 0.0)
+            windows.append(sink.windows)
+        assert len(windows[0]) == len(windows[1]) > 0
+        for (a, info_a), (b, info_b) in zip(*windows, strict=True):
+            np.testing.assert_array_equal(a, b)
+            assert info_a == info_b
+
+
 @pytest.mark.parametrize("rate", [50.0, 100.0, 12.5, 19.0, 21.0])
 def test_other_rates_are_resampled_to_20hz(rate):
     sink = Sink()
