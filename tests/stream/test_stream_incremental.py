@@ -37,8 +37,8 @@ class Recorder:
         self._windows[(self._device, info.seq, info.segment, id(self))] = x
         self._inner.emit(x, info, received, link)
 
-    def drop(self, reason: str, n: int = 1) -> None:
-        self._inner.drop(reason, n)
+    def drop(self, reason: str, n: int = 1, detail: str = "") -> None:
+        self._inner.drop(reason, n, detail)
 
 
 class Pipeline:
