@@ -92,7 +92,8 @@ class Carry:
 
 
 class Link(NamedTuple):
-    """An input's place in its id's run: the run's :class:`Carry` and the input's number.
+    """An input's place in its id's run: the run's :class:`Carry` and the input's number
+    (1 and up, so a new carry's ``n`` of -1 belongs to none).
 
     Inputs of one run follow each other: each is the previous one shifted by the route's
     hop. The engine steps input ``n`` from the carry's state when that state belongs to
