@@ -271,8 +271,9 @@ def step_runners(predictor: Any) -> dict[str, Runner]:
 
 def step_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per family, batch and hop: stepped items/s against the full path at the same
-    thread count, from the same run (``speedup``), and the full path's per-call p50 over
-    the stepped one's (``p50_speedup``)."""
+    thread count, from the same run (``speedup``), the full path's per-call p50 over the
+    stepped one's (``p50_speedup``) and its CPU time per item over the stepped one's
+    (``cpu_speedup``, the steadiest of the three on a shared machine)."""
     full = {
         (r["family"], r["batch"], r["threads"]): r
         for r in results
@@ -296,6 +297,8 @@ def step_ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "p50_speedup": round(base["p50_ms"] / r["p50_ms"], 3),
             }
         )
+        if "cpu_us_per_item" in r and "cpu_us_per_item" in base:
+            out[-1]["cpu_speedup"] = round(base["cpu_us_per_item"] / r["cpu_us_per_item"], 3)
     return out
 
 
@@ -434,7 +437,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines += [
             f"  {r['family']:<8} batch={r['batch']:<4} hop={r['hop']:<3} threads={r['threads']:<2}"
             f" {r['step_items_per_s']:11.1f} items/s vs {r['full_items_per_s']:11.1f}"
-            f"  x{r['speedup']:.2f} (p50 per call x{r['p50_speedup']:.2f})"
+            f"  x{r['speedup']:.2f} (p50 per call x{r['p50_speedup']:.2f}"
+            + (f", CPU per item x{r['cpu_speedup']:.2f})" if "cpu_speedup" in r else ")")
             for r in report["incremental"]
         ]
     for what, why in report["skipped"].items():

@@ -24,10 +24,12 @@ WARMUP_CAP_S = 1.0
 
 @dataclass
 class Timing:
-    """Wall-clock seconds of each timed call of one runtime at one batch size."""
+    """Wall-clock seconds of each timed call of one runtime at one batch size, and the
+    process CPU seconds of them all where the runner measures it (in this process)."""
 
     batch: int
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: float | None = None
 
     @property
     def calls(self) -> int:
@@ -43,13 +45,18 @@ class Timing:
         return self.batch * self.calls / float(np.sum(self.seconds))
 
     def summary(self) -> dict[str, float]:
-        """``p50_ms``, ``p99_ms``, ``items_per_s`` and the number of calls."""
-        return {
+        """``p50_ms``, ``p99_ms``, ``items_per_s``, the number of calls and, where measured,
+        ``cpu_us_per_item``: CPU time is what other jobs on a shared machine disturb least
+        (they take cores away, which stretches wall time, not the work a call does)."""
+        out = {
             "p50_ms": round(self.percentile_ms(50), 4),
             "p99_ms": round(self.percentile_ms(99), 4),
             "items_per_s": round(self.items_per_s, 1),
             "calls": self.calls,
         }
+        if self.cpu_seconds is not None:
+            out["cpu_us_per_item"] = round(self.cpu_seconds / (self.calls * self.batch) * 1e6, 2)
+        return out
 
 
 def percentiles_ms(seconds: Sequence[float], qs: Sequence[float]) -> dict[str, float]:
@@ -71,10 +78,12 @@ class Runner(Protocol):
 @dataclass
 class CallRunner:
     """Times an in-process callable; ``before`` runs at the start of each warm-up and slice
-    (e.g. to apply a thread setting that is process-global, as PyTorch's is)."""
+    (e.g. to apply a thread setting that is process-global, as PyTorch's is).
+    ``cpu_seconds`` adds up the process CPU time (all threads) of its timed slices."""
 
     call: Call
     before: Callable[[], None] | None = None
+    cpu_seconds: float = 0.0
 
     def warm(self, x: np.ndarray, calls: int) -> None:
         """Up to ``calls`` untimed calls (at least one; fewer when they take over
@@ -93,12 +102,14 @@ class CallRunner:
             self.before()
         out: list[float] = []
         spent = 0.0
+        cpu = time.process_time()
         while len(out) < calls or spent < seconds:
             start = time.perf_counter()
             self.call(x)
             elapsed = time.perf_counter() - start
             out.append(elapsed)
             spent += elapsed
+        self.cpu_seconds += time.process_time() - cpu
         return out
 
 
@@ -121,9 +132,12 @@ def time_interleaved(
     timings = {name: Timing(batch=int(x.shape[0])) for name in runners}
     for runner in runners.values():
         runner.warm(x, warmup)
+    cpu = {n: r.cpu_seconds for n, r in runners.items() if isinstance(r, CallRunner)}
     slice_seconds = seconds / (rounds * len(runners))
     slice_calls = -(-min_calls // rounds)
     for _ in range(rounds):
         for name, runner in runners.items():
             timings[name].seconds += runner.run(x, slice_calls, slice_seconds)
+    for name, before in cpu.items():
+        timings[name].cpu_seconds = runners[name].cpu_seconds - before  # type: ignore[attr-defined]
     return timings

@@ -76,7 +76,7 @@ def test_bench_model_times_the_har_cnn_stepped_beside_the_full_path(tmp_path, ca
         (h, b) for h in (20, 40) for b in (1, 2)
     }
     for row in report["incremental"]:
-        assert row["speedup"] > 0 and row["full_items_per_s"] > 0
+        assert row["speedup"] > 0 and row["full_items_per_s"] > 0 and row["cpu_speedup"] > 0
     assert "jax hop 20" in capsys.readouterr().out
 
 
