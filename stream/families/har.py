@@ -398,7 +398,6 @@ class WindowBuffer:
         max_gap_s: float = 1.0,
         smoother: DeviceSmoother | None = None,
         calibration: DeviceCalibration | None = None,
-        incremental: bool = False,
     ) -> None:
         if not 1 <= hop <= window:
             raise ValueError(f"hop must be between 1 and the window length {window}, got {hop}")
@@ -426,8 +425,9 @@ class WindowBuffer:
         self._calibration = calibration
         self._last_end: float | None = None  # the time of the last window's last reading
         # the run of windows that follow each other (a new one after every restart), for a
-        # route that computes a window from its predecessor's state
-        self._carry = Carry() if incremental else None
+        # route that computes a window from its predecessor's state; kept whatever the
+        # route, as a reloaded model may have a stepper where the first had none
+        self._carry = Carry()
 
     def push(self, value: Samples, wall: float, mono: float) -> int:
         """Add one message's readings; returns how many were accepted."""
@@ -563,8 +563,7 @@ class WindowBuffer:
         self._bin = [float(v) for v in state["bin"]]
         self._bin_n = int(state["bin_n"])
         self._segment = int(state.get("segment", 0))
-        if self._carry is not None:  # the saved rows have no computed state
-            self._carry = Carry()
+        self._carry = Carry()  # the saved rows have no computed state
 
     def _on_grid(self, times: np.ndarray, regular: bool) -> bool:
         """Whether every reading falls on the next grid points, nothing pending in between:
@@ -597,8 +596,7 @@ class WindowBuffer:
         # The next window starts a new segment: the inference worker, which alone touches
         # the smoother, resets it when it sees the new number (no lock between the threads).
         self._segment += 1
-        if self._carry is not None:
-            self._carry = Carry()
+        self._carry = Carry()
         if self._n:
             self._sink.drop(
                 "gap",
@@ -713,10 +711,7 @@ class WindowBuffer:
         start, end = float(self._stamps[0]), float(self._stamps[n - 1])
         self._last_end = end
         info = WindowInfo(start, end, self._seq, self._segment, self._smoother, self._calibration)
-        carry = self._carry
-        self._sink.emit(
-            self._x.copy(), info, mono, None if carry is None else Link(carry, self._seq)
-        )
+        self._sink.emit(self._x.copy(), info, mono, Link(self._carry, self._seq))
         keep = n - self._hop
         self._x[:keep] = self._x[self._hop :]
         self._stamps[:keep] = self._stamps[self._hop :]
@@ -765,7 +760,6 @@ def build(config: Any, predictor: Any = None) -> Route:
             max_gap_s=config.max_gap,
             smoother=None if params is None else DeviceSmoother(len(labels), params),
             calibration=None if calibrator is None else calibrator.new_device(),
-            incremental=stepper is not None,
         )
 
     def encode(
