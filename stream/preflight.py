@@ -242,11 +242,11 @@ def _describe_peer(cfg: BrokerConfig, address: Any, timeout: float) -> str:
 
 
 def _bare_connect(sock: socket.socket, cfg: BrokerConfig, address: Any, timeout: float) -> None:
-    """Send :data:`BARE_CONNECT` and read the first byte of the answer."""
+    """Send :data:`BARE_CONNECT` and read the first bytes of the answer."""
     where = f"{cfg.host}:{cfg.port}"
     try:
         sock.sendall(BARE_CONNECT)
-        first = sock.recv(1)
+        first = sock.recv(8)
         with contextlib.suppress(OSError):
             sock.sendall(DISCONNECT)
             # let the broker close first: amqtt logs a traceback for a client gone before
@@ -267,6 +267,14 @@ def _bare_connect(sock: socket.socket, cfg: BrokerConfig, address: Any, timeout:
         return
     if cfg.tls and not first:
         raise _client_certificate_error(cfg, None)
+    if first.startswith(b"HTTP/"):
+        # A web server, or a proxy that intercepts outgoing connections (which often takes
+        # TLS as well, so this comes before the TLS probe).
+        raise BrokerError(
+            "not_mqtt",
+            f"not an MQTT broker: {where} answered HTTP (a web server or an intercepting "
+            "proxy) instead of MQTT CONNECT; check the host and port in --broker",
+        )
     if not cfg.tls and (
         (first and first[0] in TLS_RECORD_TYPES) or _takes_tls(cfg, address, timeout)
     ):
@@ -275,7 +283,7 @@ def _bare_connect(sock: socket.socket, cfg: BrokerConfig, address: Any, timeout:
             f"TLS expected: {where} speaks TLS, not plain MQTT; use mqtts://{where} (with "
             "--ca-file unless a public CA signed the broker's certificate)",
         )
-    answer = f"answered {first.hex()}" if first else "closed the connection"
+    answer = f"answered {first[:1].hex()}" if first else "closed the connection"
     raise BrokerError(
         "not_mqtt",
         f"not an MQTT broker: {where} {answer} instead of answering MQTT CONNECT; check "

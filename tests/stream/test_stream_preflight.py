@@ -87,6 +87,26 @@ def test_a_server_that_never_answers_times_out(silent_server):
     assert err.kind == "timed_out" and "timed out" in str(err)
 
 
+def test_a_web_server_is_named_as_http_not_mqtt():
+    # what a web server or an intercepting proxy answers to bytes it cannot parse
+    server = socket.create_server((LOOPBACK, 0))
+
+    def answer() -> None:
+        conn = server.accept()[0]
+        conn.recv(64)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        conn.close()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        err = failure(BrokerConfig(host=LOOPBACK, port=server.getsockname()[1], client_id="c"))
+    finally:
+        thread.join(5)
+        server.close()
+    assert err.kind == "not_mqtt" and "answered HTTP" in str(err)
+
+
 def test_serve_with_an_unreachable_broker_fails_before_loading_models(prefix):
     # no predictors given: reaching the model loading would fail differently, and slowly
     cfg = BrokerConfig(host="no-such-host.invalid", client_id=f"serve-{prefix}", explicit=True)
