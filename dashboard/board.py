@@ -211,14 +211,17 @@ class Board:
                 str(k): int(n) for k, v in classes.items() if (n := _number(v)) is not None
             }
 
-    def on_error(self, device_id: str, doc: dict[str, Any]) -> None:
-        """A message of ``<prefix>/<id>/errors``."""
+    def on_error(self, device_id: str | None, doc: dict[str, Any]) -> None:
+        """A message of ``<prefix>/<id>/errors``; ``None`` for ``<prefix>/_invalid/errors``
+        (a message whose id was refused: counted by kind, no device to show it on)."""
         kind = _text(doc.get("error")) or "unknown"
         now = self.clock()
         with self._lock:
             if kind not in self._errors and len(self._errors) >= MAX_KINDS:
                 kind = "other"
             self._errors[kind] += 1
+            if device_id is None:
+                return
             dev = self._device(device_id, live=True)
             dev.error_count += 1
             message = _text(doc.get("message"), MAX_MESSAGE) or ""

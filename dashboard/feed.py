@@ -19,6 +19,7 @@ from harstream.dashboard.board import Board
 from harstream.stream.connection import BrokerConfig, connect, make_client
 from harstream.stream.contract import (
     ERRORS_SUFFIX,
+    INVALID_ID_PLACEHOLDER,
     STATUS_TOPIC_SUFFIX,
     is_valid_id,
     status_topic,
@@ -117,9 +118,15 @@ class Feed:
         subs = [(subscription(self.prefix, s), 0) for s in SUFFIXES]
         client.subscribe([*subs, (self._status_topic, 0)])
         self.board.on_broker(True)
-        log.debug("dashboard connected to %s, prefix %s", self.cfg.url, self.prefix)
+        log.info("event=dashboard_connected broker=%s prefix=%s", self.cfg.url, self.prefix)
 
     def _on_disconnect(self, *_args: Any) -> None:
+        if self.connected.is_set():  # once per loss, not once per failed reconnect
+            log.warning(
+                "event=dashboard_broker_lost broker=%s: the page shows 'broker unreachable' "
+                "until paho reconnects",
+                self.cfg.url,
+            )
         self.connected.clear()
         self.board.on_broker(False)
 
@@ -139,6 +146,10 @@ class Feed:
                 self.board.on_status(doc)
             return
         if not is_valid_id(device):
+            if device == INVALID_ID_PLACEHOLDER and suffix == ERRORS_SUFFIX:
+                doc = _json(payload)
+                if isinstance(doc, dict):
+                    self.board.on_error(None, doc)
             return
         if suffix == TEXT_IN:
             text = _text_message(payload)

@@ -54,7 +54,7 @@
     if (seconds === null || seconds === undefined || !isFinite(seconds)) return "-";
     const s = Math.max(0, Math.round(seconds));
     if (s < 60) return s + " s";
-    if (s < 3600) return Math.floor(s / 60) + " min" + (s % 60 ? " " + (s % 60) + " s" : "");
+    if (s < 3600) return Math.floor(s / 60) + ":" + String(s % 60).padStart(2, "0") + " min";
     return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
   }
 
@@ -462,11 +462,15 @@
   // ---------------------------------------------------------------- wiring
 
   function init() {
-    $("filter").addEventListener("input", (event) => {
-      state.filter = event.target.value.trim().toLowerCase();
-      rebuildView();
-      renderGrid(); // at once, not on the next frame: typing must feel immediate
-    });
+    // "input" while typing; "change" too, for edits that fire no input event (a cleared
+    // field in some automation drivers)
+    for (const kind of ["input", "change"]) {
+      $("filter").addEventListener(kind, (event) => {
+        state.filter = event.target.value.trim().toLowerCase();
+        rebuildView();
+        renderGrid(); // at once, not on the next frame: typing must feel immediate
+      });
+    }
     $("activity-filter").addEventListener("change", (event) => {
       state.activity = event.target.value;
       rebuildView();

@@ -142,6 +142,19 @@ SUFFIXES = [
 ]
 
 
+def test_errors_of_refused_ids_are_counted_by_kind(dashboard, device):
+    board = dashboard()
+    error = {"device": None, "error": "invalid_id", "message": "device id ..."}
+    device.client.publish(f"{device.prefix}/_invalid/errors", json.dumps(error), qos=1)
+    for _ in range(100):
+        snapshot = json.loads(request(board.url, "/api/snapshot")[1])
+        if snapshot["service"]["errors"]:
+            break
+        time.sleep(0.05)
+    assert snapshot["service"]["errors"] == {"invalid_id": 1}
+    assert not [r for r in snapshot["rows"] if r["id"] == "_invalid"]
+
+
 def test_hostile_messages_on_every_topic_leave_it_working(dashboard, device, caplog):
     board = dashboard()
     for payload in HOSTILE_PAYLOADS:
