@@ -309,8 +309,9 @@ class Service:
     def _report_rtt(self, rtt: float | None) -> None:
         if rtt is None:
             log.warning(
-                "event=broker_rtt_unknown topic=%s: no probe came back; does the broker's "
-                "ACL let the service read and write it?",
+                "event=broker_rtt_unknown topic=%s: no probe came back in time; either the "
+                "broker was busy (for example delivering the messages it queued while the "
+                "service was away) or its ACL does not let the service read and write it",
                 self._roundtrip.topic,
             )
             return
