@@ -45,7 +45,8 @@ def encode_chunk(chunk: Chunk, *, binary: bool = False) -> bytes:
     if binary and chunk.regular:
         return encode_binary(chunk.xyz, chunk.rate_hz, float(chunk.t[0]))
     if chunk.t.size == 1:
-        x, y, z = (float(v) for v in chunk.xyz[0])
+        # float32 readings widened to float: 9.8 would go out as 9.800000190734863
+        x, y, z = (round(float(v), 6) for v in chunk.xyz[0])
         return encode_json({"x": x, "y": y, "z": z, "t": float(chunk.t[0])})
     if chunk.regular:
         return encode_json(

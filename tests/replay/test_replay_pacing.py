@@ -7,9 +7,10 @@ import threading
 import time
 
 import numpy as np
+import orjson
 import pytest
 
-from harstream.replay.pacing import Track, paced, parse_speed, stagger_offsets, track_chunks
+from harstream.replay.pacing import Chunk, Track, paced, parse_speed, stagger_offsets, track_chunks
 
 
 def _track(n: int = 40, rate: float = 20.0, device: str = "d1") -> Track:
@@ -85,3 +86,13 @@ def test_speed_scales_wall_time_and_stop_interrupts() -> None:
     sent = list(paced([stream], 1.0, stop))
     assert time.monotonic() - start < 5.0  # 10 s recorded, stopped early
     assert 0 < len(sent) < 200
+
+
+def test_readings_go_on_the_wire_without_float32_noise() -> None:
+    from harstream.replay.publisher import encode_chunk
+
+    xyz = np.array([[9.8, -0.1, 0.5]], np.float32)
+    one = Chunk("w", 0.0, np.array([1.7e9]), xyz, None)
+    assert orjson.loads(encode_chunk(one))["x"] == 9.8
+    rows = Chunk("w", 0.0, np.array([1.7e9, 1.7e9 + 0.05]), np.repeat(xyz, 2, 0), None)
+    assert orjson.loads(encode_chunk(rows))["samples"][0][1:] == [9.8, -0.1, 0.5]
