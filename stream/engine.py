@@ -107,6 +107,13 @@ class InferenceWorker:
         self._batch = np.zeros((self._max_batch, *predictor.item_shape), predictor.dtype)
         self._states = self._stepper_states(route)
         self._dropped = 0
+        # Inputs taken by submit(), and those published or dropped on a full queue (each
+        # counted by the one thread that changes it), in submission order: an input source
+        # that acknowledges its messages once their windows are out compares them
+        # (stream.nats_input)
+        self.submitted = 0
+        self._published = 0
+        self._discarded = 0
         self._thread = threading.Thread(
             target=self._run, name=f"harstream-infer-{route.family}", daemon=True
         )
@@ -116,6 +123,7 @@ class InferenceWorker:
 
     def submit(self, item: Ready) -> None:
         """Queue an input without blocking the MQTT thread; drop the oldest when full."""
+        self.submitted += 1
         try:
             self._queue.put_nowait(item)
             return
@@ -123,6 +131,7 @@ class InferenceWorker:
             pass
         with contextlib.suppress(queue.Empty):
             self._queue.get_nowait()
+            self._discarded += 1
         self._dropped += 1
         self._metrics.drop("queue_full")
         if self._dropped == 1 or self._dropped % 1000 == 0:
@@ -135,7 +144,13 @@ class InferenceWorker:
         try:
             self._queue.put_nowait(item)
         except queue.Full:  # another producer refilled it; this item is the one dropped
+            self._discarded += 1
             self._metrics.drop("queue_full")
+
+    @property
+    def finished(self) -> int:
+        """How many of the first ``submitted`` inputs are published or dropped."""
+        return self._published + self._discarded
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Finish every queued input, publish its result, then end the thread; returns
@@ -313,6 +328,7 @@ class InferenceWorker:
                 publish(f"{base}/{extra.suffix}", extra.payload, extra.retain)
             m.latency_seconds.observe(latency)
         m.predictions.inc(n)
+        self._published += n
 
 
 class DeviceSink:

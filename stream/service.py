@@ -38,9 +38,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -91,6 +91,32 @@ HANDLER_GRACE_S = 5.0
 # How long a reload waits for the inference worker to finish the inputs queued before the
 # swap: a full queue (4,096 HAR windows) takes about 2 s on 2 cores.
 SWAP_TIMEOUT_S = 30.0
+
+
+class Incoming(NamedTuple):
+    """A message from an input source other than the MQTT subscription, as the handler
+    reads it (the attributes of a paho message it uses)."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+    properties: Any = None
+
+
+class InputSource(Protocol):
+    """Where readings come from instead of the MQTT subscription (``serve --nats``).
+
+    The service still publishes over MQTT. ``start`` begins calling
+    :meth:`Service.deliver` (from the source's own thread) and raises ConnectionError when
+    it cannot; ``pause`` stops delivering; ``close`` runs once every queued window is
+    published, to acknowledge and hand over what is left.
+    """
+
+    def start(self, service: Service) -> None: ...
+
+    def pause(self) -> None: ...
+
+    def close(self, timeout: float) -> None: ...
 
 
 @dataclass
@@ -144,8 +170,10 @@ class Service:
         *,
         routes: list[Route] | None = None,
         predictors: dict[str, Any] | None = None,
+        source: InputSource | None = None,
     ) -> None:
         self.config = config
+        self._source = source
         self.prefix = contract.check_prefix(config.prefix)
         self.broker_config: BrokerConfig = config.broker or BrokerConfig()
         self.metrics = ServiceMetrics()
@@ -276,6 +304,12 @@ class Service:
                 f"could not connect and subscribe to the MQTT broker at {cfg.url} within "
                 f"{self.config.connect_timeout:g} s; is it running? (see --broker)"
             )
+        if self._source is not None:
+            try:
+                self._source.start(self)
+            except BaseException:
+                self.stop()
+                raise
         log.info(
             "event=serving broker=%s client_id=%s families=%s models=%s hop=%d max_batch=%d",
             cfg.url,
@@ -351,6 +385,8 @@ class Service:
         abandoned = None  # the topic of a stuck handler's message
         # A message being handled now is acknowledged before we go on, unless its handler
         # is stuck: then stop without it.
+        if self._source is not None:
+            self._source.pause()
         if self._handling.acquire(timeout=min(HANDLER_GRACE_S, timeout)):
             self._closing = True
             self._handling.release()
@@ -370,6 +406,8 @@ class Service:
             if not served.worker.stop(max(0.1, deadline - time.monotonic())):
                 clean = False
                 log.error("event=windows_abandoned family=%s", served.route.family)
+        if self._source is not None:
+            self._source.close(max(0.1, deadline - time.monotonic()))
         self._save_state(skip=abandoned)
         client = self._client
         if client is not None and client.is_connected():
@@ -521,6 +559,10 @@ class Service:
                 cfg.client_id,
             )
         self._connected_before = True
+        if self._source is not None:  # readings come from the source: publish only
+            self._subscribed.set()
+            client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+            return
         suffixes = [*self._served, *self._controls]
         topics = [(contract.subscription(self.prefix, suffix), 1) for suffix in suffixes]
         _rc, mid = client.subscribe(topics)
@@ -580,9 +622,16 @@ class Service:
         log.warning("event=disconnected broker=%s reason=%s; reconnecting", cfg.url, reason)
 
     def _on_message(self, client: Any, _userdata: Any, msg: Any) -> None:
+        # not acknowledged when closing: the broker redelivers it to our next session
+        if self.deliver(msg) and msg.qos:
+            client.ack(msg.mid, msg.qos)
+
+    def deliver(self, msg: Any) -> bool:
+        """Handle one message (a paho message or an :class:`Incoming`); False when the
+        service is stopping and did not take it."""
         with self._handling:
             if self._closing:
-                return  # not acknowledged: the broker redelivers it to our next session
+                return False
             self._watch.begin(msg.topic)
             try:
                 self._handle(msg)
@@ -590,8 +639,31 @@ class Service:
                 self._internal_error(msg.topic, exc)
             finally:
                 self._watch.end()
-            if msg.qos:
-                client.ack(msg.mid, msg.qos)
+            return True
+
+    def progress(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Per route, the model inputs submitted so far and those finished (published or
+        dropped). A message handled when ``submitted`` was S has every window it completed
+        out once each ``finished`` has reached S."""
+        workers = [s.worker for s in self._served.values()]
+        return tuple(w.submitted for w in workers), tuple(w.finished for w in workers)
+
+    def take_devices(self, devices: Collection[str]) -> bytes:
+        """Remove the buffers of ``devices`` and return them as state bytes for
+        :meth:`put_devices` in another service (a partition changing hands)."""
+        wanted = set(devices)
+        with self._handling:
+            saved = self._snapshot(lambda device, _suffix: device in wanted)
+            for served in self._served.values():
+                for device in wanted:
+                    served.table.remove(device)
+        return state.dumps(saved)
+
+    def put_devices(self, data: bytes) -> int:
+        """Restore buffers that :meth:`take_devices` returned; how many devices."""
+        saved = state.loads(data)
+        with self._handling:
+            return self._restore(saved, max(0.0, time.time() - saved.saved_at))
 
     def _handle(self, msg: Any) -> None:
         topic = msg.topic
@@ -873,17 +945,8 @@ class Service:
         if path is None:
             return
         stuck = skip[len(self._prefix_slash) :].partition("/") if skip else ("", "", "")
-        now = time.perf_counter()
-        families = {}
-        for served in self._served.values():
-            devices = [
-                state.DeviceState(device, now - seen, buffer.snapshot())
-                for device, buffer, seen in served.table.entries()
-                if isinstance(buffer, Restorable)
-                and (device, served.route.suffix) != (stuck[0], stuck[2])
-            ]
-            families[served.route.family] = state.FamilyState(served.route.predictor.tag, devices)
-        saved = state.SavedState(self.broker_config.client_id, self.prefix, time.time(), families)
+        saved = self._snapshot(lambda device, suffix: (device, suffix) != (stuck[0], stuck[2]))
+        families = saved.families
         try:
             size = state.save(path, saved)
         except OSError as exc:
@@ -916,10 +979,27 @@ class Service:
         )
         if saved is None:
             return
-        by_family = {s.route.family: s for s in self._served.values()}
         # idle times go on counting while the service was down, for idle eviction
-        down = max(0.0, time.time() - saved.saved_at)
+        self._restore(saved, max(0.0, time.time() - saved.saved_at))
+
+    def _snapshot(self, select: Callable[[str, str], bool]) -> state.SavedState:
+        """The restorable buffers of the (device, topic suffix) pairs ``select`` keeps."""
         now = time.perf_counter()
+        families = {}
+        for served in self._served.values():
+            devices = [
+                state.DeviceState(device, now - seen, buffer.snapshot())
+                for device, buffer, seen in served.table.entries()
+                if isinstance(buffer, Restorable) and select(device, served.route.suffix)
+            ]
+            families[served.route.family] = state.FamilyState(served.route.predictor.tag, devices)
+        return state.SavedState(self.broker_config.client_id, self.prefix, time.time(), families)
+
+    def _restore(self, saved: state.SavedState, down: float) -> int:
+        """Restore ``saved`` buffers as seen ``down`` seconds longer ago; how many."""
+        by_family = {s.route.family: s for s in self._served.values()}
+        now = time.perf_counter()
+        total = 0
         for family, fam in saved.families.items():
             served = by_family.get(family)
             if served is None:
@@ -957,6 +1037,8 @@ class Service:
                 restored,
                 down,
             )
+            total += restored
+        return total
 
     # ---------------------------------------------------------------- helpers
 

@@ -100,9 +100,8 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def save(path: Path, state: SavedState) -> int:
-    """Write ``state`` to ``path`` atomically (a private temp file, fsync, rename); returns
-    the bytes written. The file is readable by its owner only: it holds device data."""
+def dumps(state: SavedState) -> bytes:
+    """``state`` in the file format (what :func:`save` writes, :func:`loads` reads)."""
     doc = {
         "format": FORMAT,
         "version": VERSION,
@@ -117,7 +116,13 @@ def save(path: Path, state: SavedState) -> int:
             for family, fam in state.families.items()
         },
     }
-    data = gzip.compress(orjson.dumps(doc), COMPRESS_LEVEL, mtime=0)
+    return gzip.compress(orjson.dumps(doc), COMPRESS_LEVEL, mtime=0)
+
+
+def save(path: Path, state: SavedState) -> int:
+    """Write ``state`` to ``path`` atomically (a private temp file, fsync, rename); returns
+    the bytes written. The file is readable by its owner only: it holds device data."""
+    data = dumps(state)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -133,7 +138,8 @@ def save(path: Path, state: SavedState) -> int:
     return len(data)
 
 
-def _parse(data: bytes) -> SavedState:
+def loads(data: bytes) -> SavedState:
+    """The state :func:`dumps` wrote; raises :class:`StateError` for anything else."""
     try:
         doc = orjson.loads(gzip.decompress(data))
     except (OSError, EOFError, orjson.JSONDecodeError) as exc:
@@ -184,7 +190,7 @@ def load(
         return None
     path.unlink(missing_ok=True)
     try:
-        state = _parse(data)
+        state = loads(data)
     except StateError as exc:
         log.warning("event=state_discarded path=%s reason=%r", path, str(exc))
         return None
