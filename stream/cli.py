@@ -29,6 +29,7 @@ from harstream.stream.connection import (
     broker_config,
     default_client_id,
 )
+from harstream.stream.nats_input import NATS_OPTIONS, NatsConfig, nats_config
 
 log = logging.getLogger("harstream.stream.serve")
 
@@ -74,6 +75,8 @@ examples:
   harstream serve --broker broker:1883 --families har --metrics-port 9108
   harstream serve --broker mqtts://user@broker:8883 --ca-file ca.pem --model ckpt/har-cnn
   HARSTREAM_MAX_BATCH=64 harstream serve --config serve.toml
+  harstream serve --nats nats://127.0.0.1:4222 --broker mqtt://127.0.0.1:1883 --partitions 8
+                                                    # one of several workers (docs/scale-out.md)
 """
 
 
@@ -91,37 +94,54 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     )
     add_options(parser.add_argument_group("service"), SERVE_OPTIONS)
     add_broker_arguments(parser)
+    add_options(parser.add_argument_group("scale-out workers over NATS"), NATS_OPTIONS)
     parser.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> ServeConfig:
     """The ServeConfig of parsed ``serve`` arguments (flags > env > TOML > defaults)."""
+    return configs_from_args(args, env)[0]
+
+
+def configs_from_args(
+    args: argparse.Namespace, env: Mapping[str, str] | None = None
+) -> tuple[ServeConfig, NatsConfig | None]:
+    """The ServeConfig of parsed ``serve`` arguments (flags > env > TOML > defaults), and
+    the NatsConfig of a worker behind NATS (None without ``--nats``)."""
     env = os.environ if env is None else env
     toml = load_toml(args.config or env.get("HARSTREAM_CONFIG"))
-    unknown = unknown_keys(toml, (*SERVE_OPTIONS, *BROKER_OPTIONS))
+    unknown = unknown_keys(toml, (*SERVE_OPTIONS, *BROKER_OPTIONS, *NATS_OPTIONS))
     if unknown:
         raise ConfigError(f"unknown keys in the config file: {', '.join(unknown)}")
     values = resolve(SERVE_OPTIONS, args, toml, env)
-    broker = broker_config(
-        args,
-        default_client_id=serve_client_id(values["prefix"], values["families"]),
-        toml=toml,
-        env=env,
-    )
+    nats = nats_config(resolve(NATS_OPTIONS, args, toml, env))
+    client_id = serve_client_id(values["prefix"], values["families"])
+    if nats is not None:
+        # every worker publishes on its own connection to the nats-server MQTT listener,
+        # which speaks MQTT 3.1.1 only; there is no embedded broker to fall back on
+        client_id += "-" + nats.worker
+        given = getattr(args, "mqtt_version", None) or env.get("HARSTREAM_MQTT_VERSION")
+        if not (given or toml.get("mqtt_version")):
+            args.mqtt_version = "3.1.1"
+        values["embedded_broker"] = False
+    broker = broker_config(args, default_client_id=client_id, toml=toml, env=env)
     state_file = values.pop("state_file")
-    if state_file is None:
+    if nats is not None:
+        state_file = ""  # buffers change hands through NATS (stream.nats_input)
+    elif state_file is None:
         state_file = default_state_file(broker.client_id, env)
     store = values.pop("calibration_store")
     if store is None:
         store = default_calibration_store(env)
     models = model_paths(values)
-    return ServeConfig(
+    config = ServeConfig(
         broker=broker,
         models=models,
         state_file=Path(state_file) if state_file else None,
         calibration_store=Path(store) if store else None,
         **values,
     )
+    return config, nats
 
 
 def serve_client_id(prefix: str, families: list[str] | None) -> str:
@@ -162,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     from harstream.stream.service import Service
 
     try:
-        config = config_from_args(args)
+        config, nats = configs_from_args(args)
     except ConfigError as exc:
         log.error("invalid configuration: %s", exc)
         return 2
@@ -174,7 +194,12 @@ def run(args: argparse.Namespace) -> int:
     # Python. Under load each window needs several such hand-overs: at 1,759 devices on 2
     # cores (bench e2e) 0.5 ms cut the service's own median latency from 17 to 4.5 ms.
     sys.setswitchinterval(GIL_SWITCH_S)
-    service = Service(config)
+    source = None
+    if nats is not None:
+        from harstream.stream.nats_input import NatsInput
+
+        source = NatsInput(nats, prefix=config.prefix, connect_timeout=config.connect_timeout)
+    service = Service(config, source=source)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda _signum, _frame: service.request_stop())
     # before start: SIGHUP would end the process by default, and a reload asked for while
