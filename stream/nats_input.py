@@ -234,6 +234,7 @@ class NatsInput:
         self._leases: Leases | None = None
         self._handover: Any = None
         self._held: dict[int, _Partition] = {}
+        self._seen: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._paused = False
         self._events: Any = None
@@ -279,6 +280,10 @@ class NatsInput:
     def owned(self) -> list[int]:
         """The partitions this worker consumes now."""
         return sorted(self._held)
+
+    def devices_seen(self) -> set[str]:
+        """Every device this worker has taken a message of since it started."""
+        return set(self._seen)
 
     # ---------------------------------------------------------------- loop side
 
@@ -480,6 +485,7 @@ class NatsInput:
                 if not service.deliver(Incoming(topic, msg.data)):
                     return  # stopping: not acknowledged, the next owner gets it
                 part.devices.add(device)
+                self._seen.add(device)
                 part.pending.append((service.progress()[0], msg))
 
     async def _ack(self) -> None:
