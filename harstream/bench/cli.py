@@ -201,6 +201,20 @@ def _register_e2e(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     p.add_argument(
+        "--engine",
+        choices=("mosquitto", "nats"),
+        default="mosquitto",
+        help="mosquitto: one service on a private Mosquitto; nats: --workers services behind "
+        "a private nats-server from examples/nats (its MQTT listener and JetStream); "
+        "default: mosquitto",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="with --engine nats: harstream serve --nats workers (default: 1)",
+    )
+    p.add_argument(
         "--max-batch", type=int, default=128, help="the service's max batch (default: 128)"
     )
     p.add_argument(
@@ -284,6 +298,8 @@ def _run_e2e(args: argparse.Namespace) -> int:
             max_devices=args.max_devices,
             incremental=args.incremental,
             compare_full=args.compare_full,
+            engine=args.engine,
+            workers=args.workers,
         )
         broker = None
         if args.broker or args.no_service:

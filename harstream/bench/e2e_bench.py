@@ -15,6 +15,11 @@ The "naive" baseline is the same service with batching off (``--max-batch 1
 same run under the same load, on its own topic prefix, after the batched service stopped.
 ``--sweep`` raises N by a factor until p99 passes the bound, windows are lost or the load
 generator cannot keep its schedule, for both, and reports the largest N that held.
+
+``--engine nats --workers W`` runs the same load through a private nats-server started
+from ``examples/nats/nats-server.conf`` (its MQTT listener; readings partitioned into
+JetStream) and W ``harstream serve --nats`` workers sharing the partitions, and adds each
+worker's windows and CPU to the report (``workers``); there is no naive baseline then.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +50,10 @@ log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 180.0
 KEPT_SCHEDULE = 0.95  # a point counts only if the generator achieved this share of its rate
+ENGINES = ("mosquitto", "nats")
+# NATS workers claim partitions within a lease tick (--lease-ttl / 4 = 1 s) of each other
+# coming online; the warm-up runs after this, so measured load meets a settled share.
+NATS_SETTLE_S = 3.0
 
 
 @dataclass
@@ -72,9 +82,21 @@ class E2EConfig:
     max_devices: int = 20000
     incremental: bool = True
     compare_full: bool = False
+    engine: str = "mosquitto"
+    workers: int = 1
 
     def __post_init__(self) -> None:
         checks = [
+            (self.engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}"),
+            (self.workers >= 1, "workers must be >= 1"),
+            (
+                self.engine == "nats" or self.workers == 1,
+                "several workers need --engine nats",
+            ),
+            (
+                self.engine != "nats" or self.prefix == "har",
+                "--engine nats uses the example's mapping of the har prefix",
+            ),
             (self.devices >= 1, "devices must be >= 1"),
             (self.rate_hz > 0, "rate must be > 0"),
             (self.duration_s > 0, "duration must be > 0"),
@@ -102,11 +124,20 @@ class E2EConfig:
 class ServiceProcess:
     """``harstream serve`` as a subprocess on the bench broker; ready once it says ``online``."""
 
-    def __init__(self, broker: Any, prefix: str, args: list[str], workdir: Path) -> None:
+    def __init__(
+        self, broker: Any, prefix: str, args: list[str], workdir: Path, name: str = ""
+    ) -> None:
         self.broker = broker
         self.prefix = prefix
-        self.client_id = f"harstream-bench-serve-{os.getpid()}-{prefix.replace('/', '_')}"
-        self.log_path = workdir / f"serve-{prefix.replace('/', '_')}.log"
+        self.name = name or prefix.replace("/", "_")
+        self.client_id = f"harstream-bench-serve-{os.getpid()}-{self.name}"
+        self.log_path = workdir / f"serve-{self.name}.log"
+        self.metrics_port: int | None = None
+        if name:  # one of several workers: its windows are counted from its /metrics
+            from harstream.stream.broker import free_port
+
+            self.metrics_port = free_port()
+            args = [*args, "--metrics-port", str(self.metrics_port)]
         self.argv = [
             sys.executable,
             "-m",
@@ -182,6 +213,22 @@ class ServiceProcess:
             return None
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def predictions(self) -> float | None:
+        """Predictions published so far (its ``/metrics``), None without a metrics port."""
+        if self.metrics_port is None:
+            return None
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("harstream_predictions_total{")
+        )
+
     def stop(self) -> None:
         """SIGTERM (the service finishes queued windows and says offline), then wait."""
         if self.proc is None or self.proc.poll() is not None:
@@ -226,15 +273,31 @@ def client_settings(running: Any) -> Any:
 
 
 @contextlib.contextmanager
-def bench_broker(broker: Any | None) -> Iterator[tuple[Any, str]]:
-    """``(BrokerConfig, kind)``: the given broker, or a private one on a free loopback port."""
+def bench_broker(broker: Any | None, engine: str = "mosquitto") -> Iterator[tuple[Any, str, str]]:
+    """``(BrokerConfig, kind, NATS URL or "")``: the given broker, or a private one on free
+    loopback ports (nats-server from the example configuration for ``engine="nats"``)."""
     from harstream.stream.broker import isolated_broker
 
+    if engine == "nats":
+        from harstream.stream.connection import BrokerConfig
+        from harstream.stream.nats_server import NatsServer, nats_server_binary
+
+        binary = nats_server_binary()
+        if binary is None:
+            raise RuntimeError("--engine nats needs nats-server (apt-get install nats-server)")
+        server = NatsServer(binary)
+        server.start()
+        try:
+            mqtt = BrokerConfig(host=server.host, port=server.mqtt_port, mqtt_version="3.1.1")
+            yield mqtt, "nats-server", server.url
+        finally:
+            server.close()
+        return
     if broker is not None:
-        yield broker, "external"
+        yield broker, "external", ""
         return
     with isolated_broker() as running:
-        yield client_settings(running), running.kind
+        yield client_settings(running), running.kind, ""
 
 
 def measure(
@@ -243,7 +306,7 @@ def measure(
     prefix: str,
     devices: int,
     tag: str,
-    service: ServiceProcess | None,
+    services: Sequence[ServiceProcess],
 ) -> dict[str, Any]:
     """Stream ``devices`` devices once against the service on ``prefix``; the result dict."""
     ids = tuple(f"{tag}-{i:05d}" for i in range(devices))
@@ -257,33 +320,69 @@ def measure(
         hop=config.hop,
         qos=config.qos,
         drain_s=config.drain_s,
+        subscribe_qos=0 if config.engine == "nats" else None,
     )
     specs = split_devices(spec, config.publishers)
-    cpu = _CpuWatch(service)
+    cpu = _CpuWatch(services)
     results = run_load(specs, on_start=cpu.start)
     cpu.stop()
-    return summarize(config, devices, results, cpu.percent())
+    out = summarize(config, devices, results, cpu.percent())
+    if config.engine == "nats":
+        out["workers"] = cpu.per_worker()
+    return out
 
 
+@dataclass
+class _Sample:
+    """One service's CPU seconds and predictions at one moment."""
+
+    cpu: float | None
+    windows: float | None
+
+
+@dataclass
 class _CpuWatch:
-    """The service's CPU use between the start of the stream and the end of the drain."""
+    """The services' CPU use (and windows published, where counted) between the start of
+    the stream and the end of the drain."""
 
-    def __init__(self, service: ServiceProcess | None) -> None:
-        self.service = service
-        self.cpu0 = self.cpu1 = self.t0 = self.t1 = None
+    services: Sequence[ServiceProcess]
+    first: list[_Sample] = field(default_factory=list)
+    last: list[_Sample] = field(default_factory=list)
+    t0: float = 0.0
+    t1: float = 0.0
+
+    def _sample(self) -> list[_Sample]:
+        return [_Sample(s.cpu_seconds(), s.predictions()) for s in self.services]
 
     def start(self) -> None:
-        if self.service is not None:
-            self.cpu0, self.t0 = self.service.cpu_seconds(), time.perf_counter()
+        self.first, self.t0 = self._sample(), time.perf_counter()
 
     def stop(self) -> None:
-        if self.service is not None:
-            self.cpu1, self.t1 = self.service.cpu_seconds(), time.perf_counter()
+        self.last, self.t1 = self._sample(), time.perf_counter()
+
+    def _percent(self, a: _Sample, b: _Sample) -> float | None:
+        if a.cpu is None or b.cpu is None or self.t1 <= self.t0:
+            return None
+        return round(100.0 * (b.cpu - a.cpu) / (self.t1 - self.t0), 1)
 
     def percent(self) -> float | None:
-        if None in (self.cpu0, self.cpu1, self.t0, self.t1) or self.t1 <= self.t0:
+        """All the services together, None when not measured."""
+        parts = [self._percent(a, b) for a, b in zip(self.first, self.last, strict=True)]
+        if not parts or None in parts:
             return None
-        return round(100.0 * (self.cpu1 - self.cpu0) / (self.t1 - self.t0), 1)
+        return round(sum(p for p in parts if p is not None), 1)
+
+    def per_worker(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": s.name,
+                "windows": None
+                if a.windows is None or b.windows is None
+                else int(b.windows - a.windows),
+                "cpu_percent": self._percent(a, b),
+            }
+            for s, a, b in zip(self.services, self.first, self.last, strict=True)
+        ]
 
 
 def summarize(
@@ -343,7 +442,7 @@ def run(
         path_args = ["--incremental" if config.incremental else "--no-incremental"]
         if config.inference_threads is not None:
             common_args += ["--inference-threads", str(config.inference_threads)]
-        with bench_broker(broker) as (bcfg, kind):
+        with bench_broker(broker, config.engine) as (bcfg, kind, nats_url):
             log_line(f"broker: {kind} at {bcfg.url}")
             batched_args = [
                 "--max-batch",
@@ -351,6 +450,8 @@ def run(
                 "--max-wait-ms",
                 str(config.max_wait_ms),
             ]
+            if nats_url:
+                batched_args += ["--nats", nats_url]
             batched = _phase(
                 config,
                 bcfg,
@@ -374,7 +475,7 @@ def run(
                     log_line,
                 )
             naive = None
-            if config.naive:
+            if config.naive and config.engine != "nats":
                 naive_args = ["--max-batch", "1", "--max-wait-ms", "0"]
                 naive = _phase(
                     config,
@@ -388,6 +489,7 @@ def run(
                 )
     report = _report(config, batched, naive, full)
     report["broker"] = kind
+    report["engine"] = config.engine
     return report
 
 
@@ -420,23 +522,31 @@ def _phase(
     log_line: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     """Measure one service variant: one point, or a sweep until a point does not hold."""
-    service = None
-    if start_service:
-        log_line(f"{name}: starting harstream serve {' '.join(service_args)}")
-        service = ServiceProcess(broker, prefix, service_args, workdir).start()
+    services: list[ServiceProcess] = []
     points = []
     try:
+        if start_service:
+            log_line(f"{name}: starting harstream serve {' '.join(service_args)}")
+            if config.engine == "nats":
+                for i in range(config.workers):
+                    args = [*service_args, "--worker-name", f"w{i + 1}"]
+                    services.append(
+                        ServiceProcess(broker, prefix, args, workdir, f"w{i + 1}").start()
+                    )
+                time.sleep(NATS_SETTLE_S)
+            else:
+                services.append(ServiceProcess(broker, prefix, service_args, workdir).start())
         if config.warmup_s > 0:
             # The first seconds of traffic through a fresh broker are slow (measured here:
             # 0.1-0.5 s per window for the first seconds, gone once the broker has carried
             # some load): not what a running deployment sees.
             log_line(f"{name}: warm-up, {config.devices} devices for {config.warmup_s:g} s")
             warm = replace(config, duration_s=config.warmup_s, drain_s=1.0)
-            measure(warm, broker, prefix, config.devices, f"{name[0]}w", service)
+            measure(warm, broker, prefix, config.devices, f"{name[0]}w", services)
         devices, step = config.devices, 0
         while True:
             log_line(f"{name}: {devices} devices for {config.duration_s:g} s ...")
-            point = measure(config, broker, prefix, devices, f"{name[0]}{step}", service)
+            point = measure(config, broker, prefix, devices, f"{name[0]}{step}", services)
             log_line(format_point(name, point, config.bound_ms))
             points.append(point)
             if not config.sweep or not point["held"]:
@@ -445,7 +555,7 @@ def _phase(
             if devices > config.max_devices:
                 break
     finally:
-        if service is not None:
+        for service in services:
             service.stop()
     return points
 
@@ -496,6 +606,8 @@ def _report(
         "bound_ms": config.bound_ms,
         "warmup_s": config.warmup_s,
         "cpu_count": os.cpu_count(),
+        "engine": config.engine,
+        "workers": config.workers,
     }
     return report
 
@@ -520,6 +632,8 @@ def format_point(name: str, p: dict[str, Any], bound_ms: float) -> str:
     cpu = "n/a" if p["service_cpu_percent"] is None else f"{p['service_cpu_percent']:.0f}%"
     cpu += f", generator {p['generator_cpu_percent']:.0f}%" if p["generator_cpu_percent"] else ""
     verdict = "held" if p["held"] else f"NOT held: {', '.join(_failures(p, bound_ms))}"
+    for worker in p.get("workers", ()):
+        cpu += f"; {worker['name']}: {worker['windows']} windows, {worker['cpu_percent']}% CPU"
     return (
         f"  {name:<8} devices={p['devices']:<6} p50={lat['p50']:.2f} p90={lat['p90']:.2f} "
         f"p99={lat['p99']:.2f} max={lat['max']:.2f} ms (in the service: p50="

@@ -51,6 +51,10 @@ class LoadSpec:
     qos: int = 1
     drain_s: float = 3.0
     shard: tuple[int, int] = (0, 1)  # (this process, processes): interleaves device phases
+    # QoS of the subscriptions to predictions (None: ``qos``). nats-server's MQTT listener
+    # gives one session's QoS 1 subscriptions 65,535 packet ids to share (each holds
+    # max_ack_pending of them), too few for one subscription per device at this scale
+    subscribe_qos: int | None = None
 
     def phase(self, j: int) -> float:
         """Where device ``j`` of this process sits among all devices, in [0, 1)."""
@@ -222,7 +226,9 @@ class _Generator:
         ]
         client = WireClient(spec.broker, self.on_publish)
         try:
-            client.subscribe(subscriptions, spec.qos)
+            client.subscribe(
+                subscriptions, spec.qos if spec.subscribe_qos is None else spec.subscribe_qos
+            )
             self.pipe.send(("ready", None))
             start_unix = self.pipe.recv()
             result = self._stream(client, events, start_unix)
