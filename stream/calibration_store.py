@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import threading
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -29,6 +29,7 @@ class SavedCalibration(NamedTuple):
     updated: float
 
 
+@runtime_checkable
 class CalibrationStore(Protocol):
     """Per-device calibrations, by model tag."""
 
@@ -39,6 +40,12 @@ class CalibrationStore(Protocol):
     def save(self, device: str, model: str, saved: SavedCalibration) -> None: ...
 
     def delete(self, device: str) -> None: ...
+
+
+def open_store(where: str | Path | CalibrationStore) -> CalibrationStore:
+    """The store ``where`` names: a store itself (e.g. NATS, :mod:`stream.nats_store`), or
+    the path of an SQLite file."""
+    return where if isinstance(where, CalibrationStore) else SqliteStore(where)
 
 
 _SCHEMA = """

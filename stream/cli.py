@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from harstream.stream.config import (
@@ -131,7 +132,11 @@ def configs_from_args(
     elif state_file is None:
         state_file = default_state_file(broker.client_id, env)
     store = values.pop("calibration_store")
-    if store is None:
+    if nats is not None and store is None:
+        # calibrations go where the device's next worker finds them, unless
+        # --calibration-store names a file ('' keeps them in memory)
+        nats = replace(nats, calibrations=True)
+    elif store is None:
         store = default_calibration_store(env)
     models = model_paths(values)
     config = ServeConfig(
@@ -199,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
         from harstream.stream.nats_input import NatsInput
 
         source = NatsInput(nats, prefix=config.prefix, connect_timeout=config.connect_timeout)
+        if nats.calibrations:
+            config = replace(config, calibration_store=source.calibration_store())
     service = Service(config, source=source)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda _signum, _frame: service.request_stop())

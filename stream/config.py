@@ -405,7 +405,8 @@ class ServeConfig:
     ``broker`` is a :class:`stream.connection.BrokerConfig`; None means the local default.
     ``state_file`` None saves no state (in-process services, tests); ``harstream serve``
     fills in the per-user default path unless it is given as ''. The same goes for
-    ``calibration_store`` (None: calibrations live in memory only).
+    ``calibration_store`` (None: calibrations live in memory only; a
+    :class:`stream.calibration_store.CalibrationStore` is used as it is).
     """
 
     broker: Any = None
@@ -438,7 +439,7 @@ class ServeConfig:
     slow_handler_ms: float = _default("slow_handler_ms")
     stop_timeout: float = _default("stop_timeout")
     state_file: Path | None = _default("state_file")
-    calibration_store: Path | None = _default("calibration_store")
+    calibration_store: Path | Any = _default("calibration_store")
     state_max_age: float = _default("state_max_age")
     summary_every: float = _default("summary_every")
     rtt_warn_ms: float = _default("rtt_warn_ms")

@@ -147,6 +147,8 @@ class NatsConfig:
     lease_ttl: float = 4.0
     worker: str = ""
     replicas: int = 1
+    # the devices' calibrations in the deployment's bucket (stream.nats_store)
+    calibrations: bool = False
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("nats://", "tls://")):
@@ -222,6 +224,8 @@ class NatsInput:
         self.stream = f"HARSTREAM_{name}"
         self._lease_bucket = f"harstream_{name}_leases"
         self._handover_bucket = f"harstream_{name}_handover"
+        self._calibration_bucket = f"harstream_{name}_calibrations"
+        self._calibrations: Any = None
         self._connect_timeout = connect_timeout
         self._in = f"{self._subject}.in."
         self._service: Service | None = None
@@ -274,6 +278,13 @@ class NatsInput:
         self._call(self._shutdown(timeout), timeout + 5.0, quiet=True)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5.0)
+
+    def calibration_store(self) -> Any:
+        """The devices' calibrations in this deployment's NATS bucket
+        (:class:`stream.nats_store.NatsCalibrationStore`), usable once started."""
+        from harstream.stream.nats_store import NatsCalibrationStore
+
+        return NatsCalibrationStore(lambda: self._calibrations, self._call)
 
     # ---------------------------------------------------------------- views for tests
 
@@ -330,6 +341,9 @@ class NatsInput:
                 history=1,
                 replicas=cfg.replicas,
             )
+        )
+        self._calibrations = await self._bucket(
+            KeyValueConfig(bucket=self._calibration_bucket, history=1, replicas=cfg.replicas)
         )
         await self._leases.heartbeat()
         await self._tick()

@@ -69,7 +69,7 @@ import orjson
 from harstream.models.har.smoothing import DeviceSmoother, SmootherParams
 from harstream.models.har.timebase import MAX_TIME_S, scale_by_size, time_scale
 from harstream.models.har.windows import RATE_HZ
-from harstream.stream.calibration_store import SqliteStore
+from harstream.stream.calibration_store import open_store
 from harstream.stream.contract import probabilities, probability
 from harstream.stream.families.har_labels import (
     LABEL_SUFFIX,
@@ -741,11 +741,11 @@ def build(config: Any, predictor: Any = None) -> Route:
     calibrator = None
     # calibration needs the embeddings: a predictor whose forward returns them second
     if len(predictor.predict_outputs(np.zeros((1, window, axes), predictor.dtype))) == 2:
-        path = config.calibration_store
+        store = config.calibration_store
         calibrator = Calibrator(
             labels,
             tag,
-            None if path is None else SqliteStore(path),
+            None if store is None else open_store(store),
             windows_per_s=real_rate,
             span_s=(window - 1) / rate_hz,
         )

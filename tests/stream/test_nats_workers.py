@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from bus_client import T0, Client
 
@@ -53,15 +54,20 @@ def nats_server() -> Iterator[NatsServer]:
 
 @pytest.fixture
 def workers(nats_server, har_predictor):
-    """Start in-process workers on ``nats_server``; each stopped at teardown."""
+    """``start(name)``: an in-process worker on ``nats_server`` (its NatsInput); each
+    stopped at teardown, or before by ``start.stop(name)``."""
     from harstream.stream.config import ServeConfig
     from harstream.stream.connection import BrokerConfig
     from harstream.stream.nats_input import NatsConfig, NatsInput
     from harstream.stream.service import Service
 
-    started: list[Service] = []
+    started: dict[str, Service] = {}
 
-    def start(name: str) -> NatsInput:
+    def start(name: str, **overrides) -> NatsInput:
+        source = NatsInput(
+            NatsConfig(nats_server.url, partitions=8, lease_ttl=LEASE_TTL, worker=name),
+            prefix=PREFIX,
+        )
         broker = BrokerConfig(
             host=nats_server.host,
             port=nats_server.mqtt_port,
@@ -76,16 +82,16 @@ def workers(nats_server, har_predictor):
             max_batch=16,
             device_rate_margin=0,  # replayed faster than real time
             embedded_broker=False,
+            calibration_store=source.calibration_store(),
+            **overrides,
         )
-        source = NatsInput(
-            NatsConfig(nats_server.url, partitions=8, lease_ttl=LEASE_TTL, worker=name),
-            prefix=PREFIX,
-        )
-        started.append(Service(config, predictors={"har": har_predictor}, source=source).start())
+        started[name] = Service(config, predictors={"har": har_predictor}, source=source)
+        started[name].start()
         return source
 
+    start.stop = lambda name: started.pop(name).stop()
     yield start
-    for service in started:
+    for service in started.values():
         service.stop()
 
 
@@ -255,4 +261,32 @@ def test_killed_worker_loses_at_most_its_partial_windows(
         assert lost[device] == 0, f"{device} was never on the victim but lost windows"
     for device in moved:
         assert 0 <= lost[device] <= MAX_LOST_PER_DEVICE, f"{device} lost {lost[device]}"
+    client.close()
+
+
+def test_a_calibration_follows_its_device_to_the_next_worker(
+    nats_server, workers, har_predictor
+) -> None:
+    from test_stream_calibration import SERVE, WINDOW_S, bout, calibrate, offline, probs_of, send
+
+    sitting, walking, test = (
+        bout(0, (0.0, 10.0, 10.0), 6),
+        bout(1, (0.0, 0.0, -10.0), 4),
+        bout(2, (-10.0, -10.0, -10.0), 4),
+    )
+    first = workers("a", hop=SERVE["hop"])
+    wait_until(lambda: len(first.owned()) == 8, what="the first worker's partitions")
+    client = Client(nats_server.host, nats_server.mqtt_port, PREFIX, "3.1.1")
+    calibrate(client, "wrist-n", sitting, walking)
+    assert "wrist-n" in first.devices_seen()
+    second = workers("b", hop=SERVE["hop"])
+    workers.stop("a")  # hands every partition over
+    wait_until(lambda: len(second.owned()) == 8, what="the second worker's partitions")
+    send(client, "wrist-n", test, 100)  # much later: a new segment
+    preds = client.wait_for("wrist-n", len(sitting) + len(walking) + len(test))
+    after = [p for p in preds if p["window"]["start"] >= T0 + 100 * WINDOW_S]
+    assert "wrist-n" in second.devices_seen()
+    assert len(after) == 4 and all(p["calibrated"] for p in after)
+    want, _ = offline(har_predictor, sitting, walking, test)
+    np.testing.assert_allclose([probs_of(p) for p in after], want, atol=1e-5)
     client.close()
