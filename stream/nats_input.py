@@ -54,7 +54,6 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     KeyValueConfig,
-    StorageType,
     StreamConfig,
 )
 from prometheus_client import Counter, Gauge
@@ -72,9 +71,9 @@ NATS_OPTIONS: tuple[Option, ...] = (
         "nats",
         "str",
         None,
-        "take readings from NATS JetStream at this URL (nats://host:4222) instead of an MQTT "
-        "subscription; --broker is then the nats-server's MQTT listener, where results go "
-        "(docs/scale-out.md)",
+        "take readings from NATS JetStream at this URL (nats://host:4222; several servers of "
+        "a cluster comma-separated) instead of an MQTT subscription; --broker is then the "
+        "nats-server's MQTT listener, where results go (docs/scale-out.md)",
         "URL",
     ),
     Option(
@@ -146,8 +145,8 @@ class NatsConfig:
     calibrations: bool = False
 
     def __post_init__(self) -> None:
-        if not self.url.startswith(("nats://", "tls://")):
-            raise ConfigError(f"--nats must be nats://host:port, got {self.url!r}")
+        if not all(u.startswith(("nats://", "tls://")) for u in self.url.split(",")):
+            raise ConfigError(f"--nats must be nats://host:port[,nats://...], got {self.url!r}")
         if self.partitions < 1:
             raise ConfigError(f"--partitions must be >= 1, got {self.partitions}")
         if self.owns is not None and not all(0 <= p < self.partitions for p in self.owns):
@@ -314,7 +313,7 @@ class NatsInput:
             log.warning("event=nats_error error=%s: %s", type(exc).__name__, exc)
 
         self._nc = await nats.connect(
-            cfg.url,
+            cfg.url.split(","),
             name=f"harstream-{cfg.worker}",
             connect_timeout=min(self._connect_timeout, 10.0),
             max_reconnect_attempts=-1,
@@ -328,7 +327,6 @@ class NatsInput:
                 bucket=self._lease_bucket,
                 ttl=cfg.lease_ttl,
                 history=1,
-                storage=StorageType.MEMORY,
                 replicas=cfg.replicas,
             )
         )
