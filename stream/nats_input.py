@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import nats
+import nats.errors
 import nats.js.errors
 from nats.js.api import (
     AckPolicy,
@@ -120,9 +121,14 @@ ACK_EVERY_S = 0.02
 # Never reached in operation (acknowledgements follow within ACK_EVERY_S): a consumer
 # only redelivers to itself after this, and a new owner restarts from the ack floor anyway.
 ACK_WAIT_S = 300.0
-# Messages delivered and not yet acknowledged per partition before the server pauses
-# it: a partial window of 10,000 devices' readings fits.
-MAX_ACK_PENDING = 100_000
+# Messages delivered and not yet acknowledged per partition before the server pauses it
+# (back-pressure, nothing dropped): 2 s of 10,000 devices sending a message a second,
+# spread over 8 partitions, waiting for their windows.
+MAX_ACK_PENDING = 20_000
+# Messages the client holds per partition before it drops them as a slow consumer. They are
+# all unacknowledged, so above MAX_ACK_PENDING nothing is ever dropped; a gap can then come
+# only from a lost connection (recovered from: see _on_message).
+PENDING_MESSAGES = 2 * MAX_ACK_PENDING
 # Readings older than this are of no use to anyone (a window needs its neighbours).
 STREAM_MAX_AGE_S = 3600.0
 # Hand-over buffers nobody claimed within this are stale (their readings moved on).
@@ -201,7 +207,12 @@ class _Partition:
     def __init__(self, number: int) -> None:
         self.number = number
         self.sub: Any = None
-        self.open = True
+        self.open = False  # taking messages
+        self.closed = False  # released or lost: never opened again
+        self.resuming = False
+        self.generation = 0  # of subscriptions: a stale one's messages are ignored
+        self.next_delivery: int | None = None  # the consumer sequence expected next
+        self.last_seq = 0  # the stream sequence of the last message handled
         self.pending: collections.deque[tuple[tuple[int, ...], Any]] = collections.deque()
         self.devices: set[str] = set()
 
@@ -234,6 +245,8 @@ class NatsInput:
         self._held: dict[int, _Partition] = {}
         self._seen: set[str] = set()
         self._incoming: Any = None  # stream.service.Incoming, once started
+        self._resumes = 0
+        self._background: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._paused = False
         self._events: Any = None
@@ -290,6 +303,10 @@ class NatsInput:
         """The partitions this worker consumes now."""
         return sorted(self._held)
 
+    def resumed(self) -> int:
+        """How many times a partition was resumed after a lost delivery."""
+        return self._resumes
+
     def devices_seen(self) -> set[str]:
         """Every device this worker has taken a message of since it started."""
         return set(self._seen)
@@ -310,7 +327,20 @@ class NatsInput:
         cfg = self.config
 
         async def on_error(exc: Exception) -> None:
+            if isinstance(exc, nats.errors.SlowConsumerError):
+                # the client dropped deliveries of a partition: take them again
+                number, _, _ = exc.subject[len(self._in) :].partition(".")
+                part = self._held.get(int(number)) if number.isdigit() else None
+                if part is not None:
+                    self._resume_later(part, "dropped by this client (slow consumer)")
+                return
             log.warning("event=nats_error error=%s: %s", type(exc).__name__, exc)
+
+        async def on_reconnect() -> None:
+            # deliveries sent while the connection was down are lost: take them again
+            log.info("event=nats_reconnected url=%s", self._nc.connected_url)
+            for part in list(self._held.values()):
+                self._resume_later(part, "the connection to NATS was lost")
 
         self._nc = await nats.connect(
             cfg.url.split(","),
@@ -319,6 +349,7 @@ class NatsInput:
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             error_cb=on_error,
+            reconnected_cb=on_reconnect,
         )
         self._js = self._nc.jetstream()
         await self._ensure_stream()
@@ -403,8 +434,11 @@ class NatsInput:
                     await self._open(p, "explicit")
             return
         for p in list(self._held):
-            if not await leases.renew(p):
+            if p in self._held and not await leases.renew(p):
                 await self._lose(p)
+        for part in list(self._held.values()):
+            if not part.open:  # a resume failed: try again
+                self._resume_later(part, "retrying")
         workers, free = await leases.scan(cfg.partitions)
         claim, release = plan(self._held, free, cfg.partitions, workers)
         for p in release:
@@ -419,49 +453,24 @@ class NatsInput:
         self._owned_gauge.set(len(self._held))
 
     async def _open(self, p: int, how: str) -> None:
-        """Start consuming partition ``p``: restore a hand-over, restart its consumer at
-        the first unacknowledged message."""
+        """Start consuming partition ``p`` (``how``: ``lease`` or ``explicit``, for
+        --owns): restore a hand-over, consume from the first unacknowledged message."""
         service = self._service
         assert service is not None
-        restored, source = 0, "free"
-        data, previous = await self._take_handover(p)
-        if data is not None:
-            restored = service.put_devices(data)
-            source = "handover"
-        durable = f"p{p}"
-        start = None
+        part = self._held[p] = _Partition(p)  # counted and renewed from now on
         try:
-            info = await self._js.consumer_info(self.stream, durable)
-            start = info.ack_floor.stream_seq + 1
-            await self._js.delete_consumer(self.stream, durable)
-            if source == "free":
-                source = "expired"  # someone consumed it and vanished without a hand-over
-        except nats.js.errors.NotFoundError:
-            pass
-        # A push consumer: the server sends each message as it is stored (a pull request
-        # for a batch was held until the batch filled or expired: 0.5 s at 1,000 devices
-        # on one worker, measured with bench e2e).
-        config = ConsumerConfig(
-            durable_name=durable,
-            deliver_subject=self._nc.new_inbox(),
-            filter_subject=f"{self._in}{p}.*.*",
-            ack_policy=AckPolicy.ALL,
-            ack_wait=ACK_WAIT_S,
-            max_ack_pending=MAX_ACK_PENDING,
-            deliver_policy=DeliverPolicy.ALL if start is None else DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
-        )
-        await self._js.add_consumer(self.stream, config)
-        part = self._held[p] = _Partition(p)
-
-        async def on_message(msg: Any) -> None:
-            self._on_message(part, msg)
-
-        part.sub = await self._js.subscribe_bind(
-            self.stream, config, durable, cb=on_message, manual_ack=True
-        )
-        event = f"claimed_{source}" if how == "lease" else f"{how}_{source}"
-        self._events.labels(event).inc()
+            restored, source = 0, "free"
+            data, previous = await self._take_handover(p)
+            if data is not None:
+                restored = service.put_devices(data)
+                source = "handover"
+            start, existed = await self._subscribe(part)
+        except BaseException:
+            del self._held[p]
+            raise
+        if existed and source == "free":
+            source = "expired"  # someone consumed it and vanished without a hand-over
+        self._events.labels(f"{'claimed' if how == 'lease' else how}_{source}").inc()
         self._owned_gauge.set(len(self._held))
         log.info(
             "event=partition_claimed partition=%d worker=%s from=%s previous=%s "
@@ -474,6 +483,55 @@ class NatsInput:
             restored,
         )
 
+    async def _subscribe(self, part: _Partition, after: int = 0) -> tuple[int | None, bool]:
+        """(Re)create the partition's consumer at its first unacknowledged message (and
+        after stream sequence ``after``) and subscribe; the first sequence (None: the
+        stream's first) and whether a consumer existed."""
+        durable = f"p{part.number}"
+        start, existed = None, False
+        try:
+            info = await self._js.consumer_info(self.stream, durable)
+            # a consumer that has acknowledged nothing reports an ack floor of 0, not the
+            # sequence before the one it was created at
+            start = max(info.ack_floor.stream_seq + 1, info.config.opt_start_seq or 1, after + 1)
+            await self._js.delete_consumer(self.stream, durable)
+            existed = True
+        except nats.js.errors.NotFoundError:
+            pass
+        # A push consumer: the server sends each message as it is stored (a pull request
+        # for a batch was held until the batch filled or expired: 0.5 s at 1,000 devices
+        # on one worker, measured with bench e2e).
+        config = ConsumerConfig(
+            durable_name=durable,
+            deliver_subject=self._nc.new_inbox(),
+            filter_subject=f"{self._in}{part.number}.*.*",
+            ack_policy=AckPolicy.ALL,
+            ack_wait=ACK_WAIT_S,
+            max_ack_pending=MAX_ACK_PENDING,
+            deliver_policy=DeliverPolicy.ALL if start is None else DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+        )
+        await self._js.add_consumer(self.stream, config)
+        if part.closed:
+            return start, existed
+        generation = part.generation
+
+        async def on_message(msg: Any) -> None:
+            if part.generation == generation:
+                self._on_message(part, msg)
+
+        part.next_delivery = None
+        part.open = True
+        part.sub = await self._js.subscribe_bind(
+            self.stream,
+            config,
+            durable,
+            cb=on_message,
+            manual_ack=True,
+            pending_msgs_limit=PENDING_MESSAGES,
+        )
+        return start, existed
+
     def _on_message(self, part: _Partition, msg: Any) -> None:
         """One message of a held partition, in stream order (no await: a release cannot
         fall between handling it and noting it as pending)."""
@@ -481,6 +539,14 @@ class NatsInput:
         assert service is not None
         if not part.open or self._paused:
             return  # not acknowledged: the partition's next owner gets it
+        delivery = msg.metadata.sequence.consumer
+        if part.next_delivery is not None and delivery != part.next_delivery:
+            # A delivery went missing: acknowledging the ones after it would acknowledge
+            # it too. Restart the consumer after the last message handled instead.
+            self._resume_later(part, f"delivery {part.next_delivery} missing, got {delivery}")
+            return
+        part.next_delivery = delivery + 1
+        part.last_seq = msg.metadata.sequence.stream
         # <prefix>.in.<p>.<suffix>.<id>; nats-server >= 2.10 writes a '.' of an MQTT topic
         # as '//' (2.9 refuses such topics)
         _p, _, rest = msg.subject[len(self._in) :].partition(".")
@@ -511,6 +577,7 @@ class NatsInput:
     async def _halt(self, part: _Partition) -> None:
         """Take no more of the partition's messages."""
         part.open = False
+        part.generation += 1
         if part.sub is not None:
             with contextlib.suppress(Exception):
                 await part.sub.unsubscribe()
@@ -531,6 +598,7 @@ class NatsInput:
         """Hand partition ``p`` over: stop fetching, publish and acknowledge, save its
         devices' buffers for the next owner, give the lease back."""
         part = self._held.pop(p)
+        part.closed = True
         await self._halt(part)
         if not await self._drain(part, timeout):
             log.warning(
@@ -556,10 +624,44 @@ class NatsInput:
             len(data),
         )
 
+    def _resume_later(self, part: _Partition, why: str) -> None:
+        """Stop taking ``part``'s messages now and :meth:`_resume` it."""
+        if part.resuming or part.closed:
+            return
+        part.resuming = True
+        part.open = False
+        log.warning(
+            "event=delivery_gap partition=%d reason=%r: consuming again from the last "
+            "message handled",
+            part.number,
+            why,
+        )
+        task = asyncio.get_running_loop().create_task(self._resume(part))
+        self._background.add(task)  # a task nobody references may be collected
+        task.add_done_callback(self._background.discard)
+
+    async def _resume(self, part: _Partition) -> None:
+        """Consume ``part`` again after the last message handled here, keeping the
+        devices' buffers; a failure leaves it closed for the next lease round to retry."""
+        self._resumes += 1
+        try:
+            await self._halt(part)
+            await self._drain(part, 10.0)
+            if part.closed:
+                return
+            start, _ = await self._subscribe(part, after=part.last_seq)
+            self._events.labels("resumed").inc()
+            log.info("event=partition_resumed partition=%d start_seq=%s", part.number, start)
+        except Exception as exc:
+            log.error("event=resume_failed partition=%d error=%r", part.number, exc)
+        finally:
+            part.resuming = False
+
     async def _lose(self, p: int) -> None:
         """The lease expired and another worker holds ``p``: stop at once; the buffers are
         dropped (the new owner restarts from the last acknowledgement)."""
         part = self._held.pop(p)
+        part.closed = True
         await self._halt(part)
         service = self._service
         assert service is not None
