@@ -262,7 +262,8 @@ class NatsInput:
         registry = service.metrics.registry
         self._events = Counter(
             "harstream_partition_events",
-            "partitions claimed (from=free|expired|handover), released and lost by this worker",
+            "partitions claimed (claimed_free, claimed_handover, claimed_expired; explicit_* "
+            "with --owns), released, lost and resumed by this worker",
             ["event"],
             registry=registry,
         )
@@ -281,7 +282,7 @@ class NatsInput:
     def pause(self) -> None:
         self._paused = True
         if self._thread.is_alive():
-            self._call(self._stop_fetching(), 5.0, quiet=True)
+            self._call(self._stop_taking(), 5.0, quiet=True)
 
     def close(self, timeout: float) -> None:
         if not self._thread.is_alive():
@@ -698,7 +699,7 @@ class NatsInput:
         await self._handover.delete(f"partition.{p}")
         return b"".join(parts), previous
 
-    async def _stop_fetching(self) -> None:
+    async def _stop_taking(self) -> None:
         if self._tasks:
             self._tasks[0].cancel()  # no more claims
         for part in self._held.values():
