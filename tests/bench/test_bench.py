@@ -16,6 +16,7 @@ import pytest
 from harstream.bench import peers
 from harstream.cli import main
 from harstream.models.runtime import default_cpu_threads
+from harstream.stream.nats_server import nats_server_binary
 
 RESULT_KEYS = {"family", "runtime", "batch", "p50_ms", "p99_ms", "items_per_s"}
 E2E_KEYS = {
@@ -171,6 +172,42 @@ def test_bench_e2e_sweeps_batched_full_path_and_naive_services(broker, har_model
     series = {"batched": sweep["points"], "naive": sweep["naive_points"]}
     png = plots.e2e_curves(series, tmp_path / "e2e.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.skipif(nats_server_binary() is None, reason="nats-server is not installed")
+def test_bench_e2e_through_nats_reports_each_worker(har_model_path):
+    from harstream.bench import e2e_bench
+
+    config = e2e_bench.E2EConfig(
+        devices=4,
+        duration_s=1.5,
+        publishers=1,
+        drain_s=5.0,
+        warmup_s=0.5,
+        max_batch=4,
+        model=har_model_path,
+        engine="nats",
+        workers=2,
+        bound_ms=60_000.0,
+    )
+    report = e2e_bench.run(config, log_line=lambda _: None)
+    json.loads(json.dumps(report))
+    assert report["broker"] == "nats-server" and "naive" not in report
+    assert report["windows_received"] == report["windows_expected"] > 0
+    workers = report["workers"]
+    assert [w["name"] for w in workers] == ["w1", "w2"]
+    # every window published by one of the workers, each counted from its /metrics
+    assert sum(w["windows"] for w in workers) == report["windows_expected"]
+    assert all(w["cpu_percent"] is None or w["cpu_percent"] >= 0 for w in workers)
+
+
+def test_bench_e2e_engine_settings_are_checked():
+    from harstream.bench.e2e_bench import E2EConfig
+
+    with pytest.raises(ValueError, match="engine nats"):
+        E2EConfig(workers=2)
+    with pytest.raises(ValueError, match="har prefix"):
+        E2EConfig(engine="nats", prefix="other")
 
 
 def test_windows_are_counted_from_prefill_and_live_samples():
