@@ -184,6 +184,11 @@ class MosquittoBroker:
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The running mosquitto's process id (for CPU accounting), None when stopped."""
+        return None if self._proc is None else self._proc.pid
+
     def start(self, timeout: float = 10.0) -> None:
         """Start mosquitto and return once it accepts connections."""
         log_file = open(Path(self._dir.name) / "mosquitto.log", "ab")  # noqa: SIM115

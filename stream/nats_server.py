@@ -70,6 +70,11 @@ class NatsServer:
     def mqtt_url(self) -> str:
         return f"mqtt://{self.host}:{self.mqtt_port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The running server's process id (for CPU accounting), None when stopped."""
+        return None if self._proc is None else self._proc.pid
+
     def start(self, timeout: float = 20.0) -> None:
         """Start the server and return once both listeners accept connections."""
         with open(self.log_path, "ab") as log_file:

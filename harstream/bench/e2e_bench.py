@@ -205,13 +205,7 @@ class ServiceProcess:
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time of the service so far (Linux /proc), or None."""
-        if self.proc is None:
-            return None
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return None if self.proc is None else process_cpu_seconds(self.proc.pid)
 
     def predictions(self) -> float | None:
         """Predictions published so far (its ``/metrics``), None without a metrics port."""
@@ -245,6 +239,17 @@ class ServiceProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of process ``pid`` so far (Linux /proc), or None."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _broker_argv(broker: Any) -> list[str]:
     """``harstream serve`` flags for the same broker (the password goes by environment)."""
     argv = [
@@ -273,9 +278,12 @@ def client_settings(running: Any) -> Any:
 
 
 @contextlib.contextmanager
-def bench_broker(broker: Any | None, engine: str = "mosquitto") -> Iterator[tuple[Any, str, str]]:
-    """``(BrokerConfig, kind, NATS URL or "")``: the given broker, or a private one on free
-    loopback ports (nats-server from the example configuration for ``engine="nats"``)."""
+def bench_broker(
+    broker: Any | None, engine: str = "mosquitto"
+) -> Iterator[tuple[Any, str, str, int | None]]:
+    """``(BrokerConfig, kind, NATS URL or "", process id or None)``: the given broker, or a
+    private one on free loopback ports (nats-server from the example configuration for
+    ``engine="nats"``); the process id of a broker subprocess, for its CPU use."""
     from harstream.stream.broker import isolated_broker
 
     if engine == "nats":
@@ -289,15 +297,15 @@ def bench_broker(broker: Any | None, engine: str = "mosquitto") -> Iterator[tupl
         server.start()
         try:
             mqtt = BrokerConfig(host=server.host, port=server.mqtt_port, mqtt_version="3.1.1")
-            yield mqtt, "nats-server", server.url
+            yield mqtt, "nats-server", server.url, server.pid
         finally:
             server.close()
         return
     if broker is not None:
-        yield broker, "external", ""
+        yield broker, "external", "", None
         return
     with isolated_broker() as running:
-        yield client_settings(running), running.kind, ""
+        yield client_settings(running), running.kind, "", getattr(running, "pid", None)
 
 
 def measure(
@@ -307,6 +315,7 @@ def measure(
     devices: int,
     tag: str,
     services: Sequence[ServiceProcess],
+    broker_pid: int | None = None,
 ) -> dict[str, Any]:
     """Stream ``devices`` devices once against the service on ``prefix``; the result dict."""
     ids = tuple(f"{tag}-{i:05d}" for i in range(devices))
@@ -323,10 +332,11 @@ def measure(
         subscribe_qos=0 if config.engine == "nats" else None,
     )
     specs = split_devices(spec, config.publishers)
-    cpu = _CpuWatch(services)
+    cpu = _CpuWatch(services, broker_pid)
     results = run_load(specs, on_start=cpu.start)
     cpu.stop()
     out = summarize(config, devices, results, cpu.percent())
+    out["broker_cpu_percent"] = cpu.broker_percent()
     if config.engine == "nats":
         out["workers"] = cpu.per_worker()
     return out
@@ -346,19 +356,25 @@ class _CpuWatch:
     the stream and the end of the drain."""
 
     services: Sequence[ServiceProcess]
+    broker_pid: int | None = None
     first: list[_Sample] = field(default_factory=list)
     last: list[_Sample] = field(default_factory=list)
     t0: float = 0.0
     t1: float = 0.0
 
     def _sample(self) -> list[_Sample]:
-        return [_Sample(s.cpu_seconds(), s.predictions()) for s in self.services]
+        broker = _Sample(process_cpu_seconds(self.broker_pid), None)
+        return [broker, *(_Sample(s.cpu_seconds(), s.predictions()) for s in self.services)]
 
     def start(self) -> None:
         self.first, self.t0 = self._sample(), time.perf_counter()
 
     def stop(self) -> None:
         self.last, self.t1 = self._sample(), time.perf_counter()
+
+    def broker_percent(self) -> float | None:
+        """The broker subprocess's CPU use, None when not measured (external, embedded)."""
+        return self._percent(self.first[0], self.last[0])
 
     def _percent(self, a: _Sample, b: _Sample) -> float | None:
         if a.cpu is None or b.cpu is None or self.t1 <= self.t0:
@@ -367,7 +383,7 @@ class _CpuWatch:
 
     def percent(self) -> float | None:
         """All the services together, None when not measured."""
-        parts = [self._percent(a, b) for a, b in zip(self.first, self.last, strict=True)]
+        parts = [self._percent(a, b) for a, b in zip(self.first[1:], self.last[1:], strict=True)]
         if not parts or None in parts:
             return None
         return round(sum(p for p in parts if p is not None), 1)
@@ -381,7 +397,7 @@ class _CpuWatch:
                 else int(b.windows - a.windows),
                 "cpu_percent": self._percent(a, b),
             }
-            for s, a, b in zip(self.services, self.first, self.last, strict=True)
+            for s, a, b in zip(self.services, self.first[1:], self.last[1:], strict=True)
         ]
 
 
@@ -442,7 +458,7 @@ def run(
         path_args = ["--incremental" if config.incremental else "--no-incremental"]
         if config.inference_threads is not None:
             common_args += ["--inference-threads", str(config.inference_threads)]
-        with bench_broker(broker, config.engine) as (bcfg, kind, nats_url):
+        with bench_broker(broker, config.engine) as (bcfg, kind, nats_url, broker_pid):
             log_line(f"broker: {kind} at {bcfg.url}")
             batched_args = [
                 "--max-batch",
@@ -461,6 +477,7 @@ def run(
                 config.service,
                 workdir,
                 log_line,
+                broker_pid,
             )
             full = None
             if config.compare_full:
@@ -486,6 +503,7 @@ def run(
                     True,
                     workdir,
                     log_line,
+                    broker_pid,
                 )
     report = _report(config, batched, naive, full)
     report["broker"] = kind
@@ -520,6 +538,7 @@ def _phase(
     start_service: bool,
     workdir: Path,
     log_line: Callable[[str], None],
+    broker_pid: int | None = None,
 ) -> list[dict[str, Any]]:
     """Measure one service variant: one point, or a sweep until a point does not hold."""
     services: list[ServiceProcess] = []
@@ -542,11 +561,13 @@ def _phase(
             # some load): not what a running deployment sees.
             log_line(f"{name}: warm-up, {config.devices} devices for {config.warmup_s:g} s")
             warm = replace(config, duration_s=config.warmup_s, drain_s=1.0)
-            measure(warm, broker, prefix, config.devices, f"{name[0]}w", services)
+            measure(warm, broker, prefix, config.devices, f"{name[0]}w", services, broker_pid)
         devices, step = config.devices, 0
         while True:
             log_line(f"{name}: {devices} devices for {config.duration_s:g} s ...")
-            point = measure(config, broker, prefix, devices, f"{name[0]}{step}", services)
+            point = measure(
+                config, broker, prefix, devices, f"{name[0]}{step}", services, broker_pid
+            )
             log_line(format_point(name, point, config.bound_ms))
             points.append(point)
             if not config.sweep or not point["held"]:
@@ -632,6 +653,8 @@ def format_point(name: str, p: dict[str, Any], bound_ms: float) -> str:
     cpu = "n/a" if p["service_cpu_percent"] is None else f"{p['service_cpu_percent']:.0f}%"
     cpu += f", generator {p['generator_cpu_percent']:.0f}%" if p["generator_cpu_percent"] else ""
     verdict = "held" if p["held"] else f"NOT held: {', '.join(_failures(p, bound_ms))}"
+    if p.get("broker_cpu_percent") is not None:
+        cpu += f", broker {p['broker_cpu_percent']:.0f}%"
     for worker in p.get("workers", ()):
         cpu += f"; {worker['name']}: {worker['windows']} windows, {worker['cpu_percent']}% CPU"
     return (
