@@ -57,6 +57,11 @@ restores them and the broker delivers what came meanwhile, so a planned restart 
 window (with a broker that queues for the persistent session, such as Mosquitto). A stop
 takes at most --stop-timeout seconds.
 
+With --nats it is one of several workers: readings come from a NATS JetStream stream that
+nats-server's MQTT listener fills (examples/nats/nats-server.conf), each device on one
+worker; workers share the partitions through leases and hand buffers over when one stops
+(docs/scale-out.md). Results still go out over MQTT, to that listener.
+
 Before loading the models it checks the broker and names what is wrong in one line. Exit
 status: 0 after a clean stop, 1 when the service cannot start otherwise, 2 for an invalid
 configuration, 3 when a stop had to abandon work, 4 when the broker cannot be reached

@@ -58,14 +58,22 @@ def workers(nats_server, har_predictor):
     stopped at teardown, or before by ``start.stop(name)``."""
     from harstream.stream.config import ServeConfig
     from harstream.stream.connection import BrokerConfig
-    from harstream.stream.nats_input import NatsConfig, NatsInput
+    from harstream.stream.nats_input import NatsConfig, NatsInput, parse_owns
     from harstream.stream.service import Service
 
     started: dict[str, Service] = {}
 
-    def start(name: str, lease_ttl: float = LEASE_TTL, **overrides) -> NatsInput:
+    def start(
+        name: str, lease_ttl: float = LEASE_TTL, owns: str | None = None, **overrides
+    ) -> NatsInput:
         source = NatsInput(
-            NatsConfig(nats_server.url, partitions=8, lease_ttl=lease_ttl, worker=name),
+            NatsConfig(
+                nats_server.url,
+                partitions=8,
+                lease_ttl=lease_ttl,
+                worker=name,
+                owns=None if owns is None else parse_owns(owns),
+            ),
             prefix=PREFIX,
         )
         broker = BrokerConfig(
@@ -336,4 +344,21 @@ def test_deliveries_dropped_by_a_slow_client_are_delivered_again(
     for device in devices:
         assert [p["seq"] for p in client.json_of(device)] == list(range(1, want + 1)), device
     assert source.resumed() > 0, "no delivery was dropped: the test proves nothing"
+    client.close()
+
+
+def test_explicit_owners_split_the_partitions_as_told(nats_server, workers) -> None:
+    low, high = workers("low", owns="0-3"), workers("high", owns="4-7")
+    wait_until(lambda: low.owned() == [0, 1, 2, 3] and high.owned() == [4, 5, 6, 7])
+    client = Client(nats_server.host, nats_server.mqtt_port, PREFIX, "3.1.1")
+    devices = [f"dev-{i:02d}" for i in range(12)]
+    publish(client, devices, 0, 200)
+    want = expected_windows(200)
+    for device in devices:
+        client.wait_for(device, want)
+    client.settle(1.0)
+    for device in devices:
+        assert [p["seq"] for p in client.json_of(device)] == list(range(1, want + 1)), device
+    assert not low.devices_seen() & high.devices_seen()
+    assert low.devices_seen() | high.devices_seen() == set(devices)
     client.close()
