@@ -6,8 +6,9 @@ The devices publish MQTT to nats-server's MQTT listener; its subject mapping
 ``<prefix>.in.<partition>.<suffix>.<id>``, the partition a hash of the id. Each worker:
 
 - creates (or finds) the stream ``HARSTREAM_<prefix>`` of ``<prefix>.in.*.*.*``, and one
-  durable pull consumer per partition (``p<N>``, filtered on ``<prefix>.in.<N>.*.*``,
-  acknowledge-all), so one partition's messages come in stream order;
+  durable push consumer per partition (``p<N>``, filtered on ``<prefix>.in.<N>.*.*``,
+  acknowledge-all), so one partition's messages come in stream order; a delivery lost on
+  the way (a reconnect) restarts the consumer after the last message handled;
 - consumes only the partitions it holds (:mod:`stream.leases`, or ``--owns``), handing
   every message to the same :meth:`stream.service.Service.deliver` as an MQTT message;
 - acknowledges a message once every window that message completed is published (the
@@ -26,7 +27,7 @@ after the last acknowledgement (it trails publishing by about ``ACK_EVERY_S``) m
 followed by windows over some of the same readings, cut at other places.
 
 A planned hand-over (a worker stopping, or giving partitions to a newcomer) loses and
-repeats nothing: the old owner stops fetching, publishes its queued windows, acknowledges
+repeats nothing: the old owner stops taking messages, publishes its queued windows, acknowledges
 its last message, writes the partition's buffers to the ``harstream_<prefix>_handover``
 bucket and releases the lease; the new owner restores them and goes on from the next
 message.
@@ -596,7 +597,7 @@ class NatsInput:
             await asyncio.sleep(ACK_EVERY_S)
 
     async def _release(self, p: int, reason: str, timeout: float = 10.0) -> None:
-        """Hand partition ``p`` over: stop fetching, publish and acknowledge, save its
+        """Hand partition ``p`` over: stop taking messages, publish and acknowledge, save its
         devices' buffers for the next owner, give the lease back."""
         part = self._held.pop(p)
         part.closed = True
