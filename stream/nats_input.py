@@ -244,7 +244,6 @@ class NatsInput:
         self._leases: Leases | None = None
         self._handover: Any = None
         self._held: dict[int, _Partition] = {}
-        self._seen: set[str] = set()
         self._incoming: Any = None  # stream.service.Incoming, once started
         self._resumes = 0
         self._background: set[asyncio.Task[None]] = set()
@@ -310,8 +309,9 @@ class NatsInput:
         return self._resumes
 
     def devices_seen(self) -> set[str]:
-        """Every device this worker has taken a message of since it started."""
-        return set(self._seen)
+        """The devices of the partitions this worker holds that it has taken messages of
+        (and whose buffers are live)."""
+        return set().union(*(part.devices for part in list(self._held.values())))
 
     # ---------------------------------------------------------------- loop side
 
@@ -429,6 +429,11 @@ class NatsInput:
         leases, cfg = self._leases, self.config
         assert leases is not None
         await leases.heartbeat()
+        live = self._service.devices() if self._service is not None else set()
+        for part in list(self._held.values()):
+            part.devices &= live  # forget evicted devices: the set stays the buffers' size
+            if not part.open and not part.resuming and not part.closed:
+                self._resume_later(part, "retrying")  # a resume failed: try again
         if cfg.owns is not None:
             for p in sorted(cfg.owns):
                 await leases.hold(p)
@@ -438,9 +443,6 @@ class NatsInput:
         for p in list(self._held):
             if p in self._held and not await leases.renew(p):
                 await self._lose(p)
-        for part in list(self._held.values()):
-            if not part.open:  # a resume failed: try again
-                self._resume_later(part, "retrying")
         workers, free = await leases.scan(cfg.partitions)
         claim, release = plan(self._held, free, cfg.partitions, workers)
         for p in release:
@@ -460,6 +462,7 @@ class NatsInput:
         service = self._service
         assert service is not None
         part = self._held[p] = _Partition(p)  # counted and renewed from now on
+        part.resuming = True  # not resumed before it is first subscribed
         try:
             restored, source = 0, "free"
             data, previous = await self._take_handover(p)
@@ -470,6 +473,8 @@ class NatsInput:
         except BaseException:
             del self._held[p]
             raise
+        finally:
+            part.resuming = False
         if existed and source == "free":
             source = "expired"  # someone consumed it and vanished without a hand-over
         self._events.labels(f"{'claimed' if how == 'lease' else how}_{source}").inc()
@@ -557,7 +562,6 @@ class NatsInput:
         if not service.deliver(self._incoming(f"{self.prefix}/{device}/{suffix}", msg.data)):
             return
         part.devices.add(device)
-        self._seen.add(device)
         part.pending.append((service.progress()[0], msg))
 
     async def _ack(self) -> None:

@@ -648,6 +648,11 @@ class Service:
         workers = [s.worker for s in self._served.values()]
         return tuple(w.submitted for w in workers), tuple(w.finished for w in workers)
 
+    def devices(self) -> set[str]:
+        """The ids that have a live buffer in any route."""
+        with self._handling:
+            return {device for s in self._served.values() for device, _, _ in s.table.entries()}
+
     def take_devices(self, devices: Collection[str]) -> bytes:
         """Remove the buffers of ``devices`` and return them as state bytes for
         :meth:`put_devices` in another service (a partition changing hands)."""
