@@ -138,10 +138,11 @@ are lost or the load generator falls behind, and reports the largest number that
 The publishers speak MQTT 3.1.1 through a lean client of their own (pre-encoded packets,
 so that they leave the CPU to the service): of the broker connection options below,
 --mqtt-version sets the services' protocol, --keepalive and --max-inflight only that of
-the client that waits for a service to come online. --engine nats runs the load through a private
-nats-server started from examples/nats/nats-server.conf (its MQTT listener; readings kept
-in JetStream) with --workers 'harstream serve --nats' workers, reports each worker's
-windows and CPU, and has no naive baseline. Every point reports the broker's CPU too.
+the client that waits for a service to come online. --engine nats runs the load through
+a private nats-server started from examples/nats/nats-server.conf (its MQTT listener;
+readings kept in JetStream) with --workers 'harstream serve --nats' workers, reports each
+worker's windows and CPU, and has no naive baseline. Every point reports the broker's CPU
+too.
 """
 
 E2E_EPILOG = """\
