@@ -296,7 +296,7 @@ def test_a_calibration_follows_its_device_to_the_next_worker(
     assert "wrist-n" in second.devices_seen()
     assert len(after) == 4 and all(p["calibrated"] for p in after)
     want, _ = offline(har_predictor, sitting, walking, test)
-    np.testing.assert_allclose([probs_of(p) for p in after], want, atol=1e-5)
+    np.testing.assert_allclose([probs_of(p) for p in after], want, atol=1e-4)  # 4 decimals
     client.close()
 
 
@@ -338,8 +338,9 @@ def test_deliveries_dropped_by_a_slow_client_are_delivered_again(
     devices = [f"dev-{i:02d}" for i in range(30)]
     publish(client, devices, 0, 300)
     want = expected_windows(300)
-    for device in devices:
-        client.wait_for(device, want)
+    # each resume takes tens of milliseconds and a burst may need many: wait longer than
+    # the client's usual 20 s on a busy machine
+    wait_until(lambda: all(len(client.json_of(d)) >= want for d in devices), 120, "windows")
     client.settle(1.0)
     for device in devices:
         assert [p["seq"] for p in client.json_of(device)] == list(range(1, want + 1)), device
