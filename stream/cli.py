@@ -125,7 +125,9 @@ def configs_from_args(
     if nats is not None:
         # every worker publishes on its own connection to the nats-server MQTT listener,
         # which speaks MQTT 3.1.1 only; there is no embedded broker to fall back on
-        client_id += "-" + nats.worker
+        # (no '.': nats-server 2.9 closes a connection that publishes a topic with one, and
+        # the id is a level of the service's round-trip probe topic)
+        client_id = client_id.replace(".", "_") + "-" + nats.worker
         given = getattr(args, "mqtt_version", None) or env.get("HARSTREAM_MQTT_VERSION")
         if not (given or toml.get("mqtt_version")):
             args.mqtt_version = "3.1.1"

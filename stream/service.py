@@ -559,15 +559,14 @@ class Service:
                 cfg.client_id,
             )
         self._connected_before = True
-        if self._source is not None:  # readings come from the source: publish only
+        if self._source is None:
+            suffixes = [*self._served, *self._controls]
+            topics = [(contract.subscription(self.prefix, suffix), 1) for suffix in suffixes]
+            _rc, mid = client.subscribe(topics)
+            self._pending_sub.add(mid)
+            _rc, self._sys_mid = client.subscribe(BROKER_DROPPED_TOPIC, 0)
+        else:  # readings come from the source (serve --nats): no route subscription
             self._subscribed.set()
-            client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
-            return
-        suffixes = [*self._served, *self._controls]
-        topics = [(contract.subscription(self.prefix, suffix), 1) for suffix in suffixes]
-        _rc, mid = client.subscribe(topics)
-        self._pending_sub.add(mid)
-        _rc, self._sys_mid = client.subscribe(BROKER_DROPPED_TOPIC, 0)
         # apart from the routes' subscription, so that a broker ACL that refuses one of
         # them costs only what it is for
         for extra, qos in ((self._roundtrip.topic, PROBE_QOS), (self._reload_topic, 1)):

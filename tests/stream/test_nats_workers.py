@@ -329,17 +329,21 @@ def test_deliveries_dropped_by_a_slow_client_are_delivered_again(
 ) -> None:
     from harstream.stream import nats_input
 
-    # the client drops what does not fit: gaps in the consumer's deliveries (as a lost
-    # connection makes them), which the worker must neither skip nor acknowledge
-    monkeypatch.setattr(nats_input, "PENDING_MESSAGES", 32)
-    source = workers("a")
-    wait_until(lambda: len(source.owned()) == 8, what="the worker's partitions")
+    first = workers("a")  # creates the stream and the partitions' consumers
+    wait_until(lambda: len(first.owned()) == 8, what="the first worker's partitions")
+    workers.stop("a")
     client = Client(nats_server.host, nats_server.mqtt_port, PREFIX, "3.1.1")
     devices = [f"dev-{i:02d}" for i in range(30)]
-    publish(client, devices, 0, 300)
+    publish(client, devices, 0, 300)  # kept in the stream: about 110 messages a partition
+    time.sleep(2.0)
+    # The next worker gets that backlog at once, and its client holds only 32 a partition
+    # and drops the rest: gaps in the consumer's deliveries (as a lost connection makes
+    # them), which the worker must neither skip nor acknowledge.
+    monkeypatch.setattr(nats_input, "PENDING_MESSAGES", 32)
+    source = workers("b")
     want = expected_windows(300)
-    # each resume takes tens of milliseconds and a burst may need many: wait longer than
-    # the client's usual 20 s on a busy machine
+    # each resume takes tens of milliseconds and the backlog needs several: wait longer
+    # than the client's usual 20 s on a busy machine
     wait_until(lambda: all(len(client.json_of(d)) >= want for d in devices), 120, "windows")
     client.settle(1.0)
     for device in devices:
