@@ -214,22 +214,27 @@ class MosquittoBroker:
         Sessions, queued and retained messages survive only with persistence: a terminated
         broker saves them, a killed one keeps what its last autosave wrote.
         """
-        if self._proc is None:
-            return
-        if kill:
-            self._proc.kill()
-        else:
-            self._proc.terminate()
-        try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        if self._proc is not None:
+            end_process(self._proc, timeout, kill=kill)
         self._proc = None
 
     def close(self) -> None:
         self.stop()
         self._dir.cleanup()
+
+
+def end_process(proc: subprocess.Popen, timeout: float, *, kill: bool = False) -> None:
+    """Terminate a server process (or ``kill`` it like a crash); kill it if it has not
+    ended within ``timeout`` seconds, and reap it."""
+    if kill:
+        proc.kill()
+    else:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def mosquitto_binary() -> str | None:

@@ -20,6 +20,21 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def made_for(device: str, saved_model: str, model: str) -> bool:
+    """Whether a stored calibration applies to ``model``; logs the one set aside (a
+    calibration belongs to the model version it was made for)."""
+    if saved_model == model:
+        return True
+    log.info(
+        "event=calibration_ignored device=%s saved_model=%s model=%s: made for another "
+        "model; the device needs new labels",
+        device,
+        saved_model,
+        model,
+    )
+    return False
+
+
 class SavedCalibration(NamedTuple):
     """A device's running sums ``(C, D)`` and counts ``(C,)`` per class, and when they last
     changed (unix seconds)."""
@@ -88,14 +103,7 @@ class SqliteStore:
         if row is None:
             return None
         saved_model, classes, counts, sums, updated = row
-        if saved_model != model:
-            log.info(
-                "event=calibration_ignored device=%s saved_model=%s model=%s: made for "
-                "another model; the device needs new labels",
-                device,
-                saved_model,
-                model,
-            )
+        if not made_for(device, saved_model, model):
             return None
         counts_ = np.frombuffer(counts, "<i8").copy()
         sums_ = np.frombuffer(sums, "<f8").reshape(classes, -1).copy()

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harstream.stream.broker import LOOPBACK, free_port, is_listening
+from harstream.stream.broker import LOOPBACK, end_process, free_port, is_listening
 
 EXAMPLE_CONF = Path(__file__).resolve().parent.parent / "examples" / "nats" / "nats-server.conf"
 # the lines of the example that a private copy replaces
@@ -100,14 +100,8 @@ class NatsServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self._proc is None:
-            return
-        self._proc.terminate()
-        try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        if self._proc is not None:
+            end_process(self._proc, timeout)
         self._proc = None
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from harstream.stream.calibration_store import SavedCalibration
+from harstream.stream.calibration_store import SavedCalibration, made_for
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +96,7 @@ class NatsCalibrationStore:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             log.warning("event=calibration_unreadable device=%s error=%r", device, exc)
             return None
-        if saved_model != model:
-            log.info(
-                "event=calibration_ignored device=%s saved_model=%s model=%s: made for "
-                "another model; the device needs new labels",
-                device,
-                saved_model,
-                model,
-            )
+        if not made_for(device, saved_model, model):
             return None
         return saved
 
