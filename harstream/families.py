@@ -132,6 +132,16 @@ def default_checkpoint(name: str) -> Path:
     return path
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """``path`` itself, or, when no such file exists and it is a bare name, the model of
+    that name shipped in the package (``har-cnn``, ``har-blend``, ...)."""
+    path = Path(path)
+    shipped = WEIGHTS_DIR / path.name
+    if not path.exists() and len(path.parts) == 1 and shipped.is_dir():
+        return shipped
+    return path
+
+
 def load_predictor(
     path: str | Path | None = None, *, family: str | None = None, max_batch: int = 256
 ) -> Predictor:
@@ -141,6 +151,7 @@ def load_predictor(
         if family is None:
             raise ValueError("give a checkpoint path or a family")
         path = default_checkpoint(family)
+    path = resolve_checkpoint(path)
     meta = load_meta(path)
     if family is not None and meta["family"] != family:
         raise CheckpointError(f"{path} holds a {meta['family']!r} model, not a {family!r} model")

@@ -199,8 +199,9 @@ def _family_options() -> tuple[Option, ...]:
                 f.model_option,
                 "path",
                 None,
-                f"{f.name} checkpoint directory (default: the shipped {f.shipped})",
-                "PATH",
+                f"{f.name} checkpoint directory, or the name of a model shipped in the "
+                f"package (default: {f.shipped})",
+                "PATH|NAME",
             )
             for f in families.FAMILIES
         ),

@@ -6,6 +6,7 @@ import os
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 from bus_client import Client
 
@@ -70,6 +71,42 @@ def har_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def har_blend_path(tmp_path_factory: pytest.TempPathFactory, har_model_path: Path) -> Path:
+    """A blend of the random-weight test CNN (weight 0.6) with small boosted trees fitted on
+    generated windows whose classes differ in gravity direction."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from harstream.models.har import blend, checkpoint
+
+    _, cnn_params, meta = checkpoint.load(har_model_path)
+    n = len(HAR_TEST_CLASSES)
+    y = np.arange(240) % n
+    x = np.random.default_rng(5).normal(0.0, 4.0, (240, 80, 3))
+    x[np.arange(240), :, y % 3] += np.where(y < 3, 9.8, -9.8)[:, None]
+    trees = HistGradientBoostingClassifier(max_iter=8, max_leaf_nodes=7, random_state=0)
+    trees.fit(blend.features_numpy(x), y)
+    arrays, shape = blend.export_trees(trees, n)
+    path = tmp_path_factory.mktemp("har-blend") / "har-blend"
+    checkpoint.save(
+        path,
+        blend.ARCH,
+        blend.blend_config(n, 0.6, shape),
+        {"cnn": cnn_params, "boost": arrays},
+        {**{k: meta[k] for k in ("classes", "normalization")}, "name": "har-blend",
+         "version": "test"},
+    )  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="session")
+def har_blend_predictor(har_blend_path: Path):
+    """The compiled predictor of ``har_blend_path`` (buckets up to 16)."""
+    from harstream.families import load_predictor
+
+    return load_predictor(har_blend_path, family="har", max_batch=16)
+
+
+@pytest.fixture(scope="session")
 def har_predictor(har_model_path: Path):
     """The compiled predictor of ``har_model_path`` (buckets up to 16), shared by services."""
     from harstream.families import load_predictor
@@ -105,7 +142,7 @@ def serve(broker, har_predictor, prefix):
 
     started: list[Service] = []
 
-    def start(**overrides) -> Service:
+    def start(predictor=None, **overrides) -> Service:
         broker_cfg = BrokerConfig(
             host=broker.host,
             port=broker.port,
@@ -115,7 +152,7 @@ def serve(broker, har_predictor, prefix):
         )
         overrides.setdefault("families", ["har"])
         config = ServeConfig(broker=broker_cfg, prefix=prefix, max_batch=16, **overrides)
-        service = Service(config, predictors={"har": har_predictor}).start()
+        service = Service(config, predictors={"har": predictor or har_predictor}).start()
         started.append(service)
         return service
 

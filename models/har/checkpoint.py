@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from harstream.models import checkpoint
-from harstream.models.har import network
+from harstream.models.har import blend, network
 from harstream.models.har.windows import AXES, RATE_HZ, WINDOW
 from harstream.models.predictor import Predictor
 
@@ -24,26 +24,44 @@ def save(
     return checkpoint.save(path, params, full)
 
 
+def _build(arch: str, config: dict[str, Any]) -> Any:
+    """A network module, or a :class:`blend.HarBlend` for a blend's checkpoint."""
+    return blend.build(config) if arch == blend.ARCH else network.build(arch, config)
+
+
 def load(path: str | Path) -> tuple[Any, dict[str, Any], Any]:
-    """Return ``(module, params, meta)``, checking the weights against the architecture."""
-    model, meta = checkpoint.build_from_meta(path, "har", network.build)
+    """Return ``(module, params, meta)``, checking the weights against the architecture
+    (for a blend, the module is its :class:`blend.HarBlend` settings)."""
+    model, meta = checkpoint.build_from_meta(path, "har", _build)
     checkpoint.check_classes(path, meta, model.num_classes)
-    expected = jax.eval_shape(lambda: network.init_params(model))
+    if isinstance(model, blend.HarBlend):
+        expected = model.expected_params()
+    else:
+        expected = jax.eval_shape(lambda: network.init_params(model))
     params, meta = checkpoint.load(path, expected)
     return model, params, meta
+
+
+def embed_forward(model: Any, meta: dict[str, Any]) -> Any:
+    """The pure ``(params, x) -> (probabilities, embedding)`` of a loaded checkpoint: the
+    network's (:func:`network.make_embed_forward`) or the blend's (the CNN's embedding)."""
+    mean, std = (np.asarray(meta["normalization"][k]) for k in ("mean", "std"))
+    if isinstance(model, blend.HarBlend):
+        return blend.make_forward(model, mean, std)
+    return network.make_embed_forward(model, mean, std)
 
 
 def predictor_from_checkpoint(path: Path, max_batch: int = 256) -> Predictor:
     """A compiled HAR predictor: (n, 80, 3) or (n, 240) m/s^2 in, class probabilities out
     (``predict``), with the embeddings too (``predict_outputs``: probabilities, then the
-    input of the final Dense layer), from the same compiled call. ``stepper(hop)`` gives
-    the CNN's incremental programs (:func:`network.make_step_forwards`)."""
+    input of the CNN's final Dense layer), from the same compiled call. ``stepper(hop)``
+    gives the CNN's incremental programs (:func:`network.make_step_forwards`); a blend
+    has none and runs every window in full."""
     model, params, meta = load(path)
     norm = meta["normalization"]
     mean, std = np.asarray(norm["mean"]), np.asarray(norm["std"])
-    forward = network.make_embed_forward(model, mean, std)
     return Predictor(
-        forward,
+        embed_forward(model, meta),
         params,
         item_shape=(WINDOW, AXES),
         alt_item_shapes=[(WINDOW * AXES,)],

@@ -174,3 +174,22 @@ def test_a_restart_keeps_the_calibration(serve, device, har_predictor, windows, 
     assert len(after) == 4 and all(p["calibrated"] for p in after)
     want, _ = offline(har_predictor, sitting, walking, test)
     np.testing.assert_allclose([probs_of(p) for p in after], want, atol=1e-4)
+
+
+def test_a_blend_is_served_and_calibrated_like_the_cnn(serve, device, har_blend_predictor, windows):
+    """The blended model (CNN + boosted trees in one compiled call): its probabilities are
+    published, and labels calibrate it from the CNN part's embedding, mixed into the
+    blend's probabilities exactly as offline."""
+    serve(predictor=har_blend_predictor, **SERVE)
+    sitting, walking, test = windows
+    calibrate(device, "wrist-blend", sitting, walking)
+    send(device, "wrist-blend", test, 10)
+    preds = sorted(device.wait_for("wrist-blend", 14), key=lambda p: p["seq"])
+    device.settle()
+    assert {p["model"] for p in preds} == {"har-blend@test"}
+    plain = har_blend_predictor.predict(np.concatenate(windows))
+    np.testing.assert_allclose([probs_of(p) for p in preds[:6]], plain[:6], atol=1e-4)
+    want, blended = offline(har_blend_predictor, sitting, walking, test)
+    assert all(p["calibrated"] for p in preds[10:])
+    np.testing.assert_allclose([probs_of(p) for p in preds[10:]], want, atol=1e-4)
+    assert not np.allclose(want, blended, atol=1e-3), "calibration must change the answer"
