@@ -81,9 +81,25 @@ def register(groups: dict[str, Any]) -> None:
     )
     add(
         "--model",
-        choices=("cnn", "lstm", "baseline"),
+        choices=("cnn", "lstm", "baseline", "blend"),
         help="cnn: the article's 1D CNN; lstm: 2-layer LSTM; baseline: window "
-        "features + gradient boosting (scikit-learn; writes a report, not a checkpoint)",
+        "features + gradient boosting (scikit-learn; writes a report, not a checkpoint); "
+        "blend: a trained CNN (--cnn) averaged with window features + gradient boosting "
+        "fitted on the CNN's training subjects, one checkpoint (har-blend)",
+    )
+    add(
+        "--cnn",
+        metavar="PATH",
+        help="with --model blend: the trained CNN checkpoint to blend; with --folds too: "
+        "the --out folder of the CNN's --folds run (fold-1 .. fold-K), whose folds are "
+        "reused; the weight is chosen on their held-out subjects",
+    )
+    add(
+        "--blend-weight",
+        type=float,
+        metavar="W",
+        help="with --model blend (no --folds): weight of the CNN's probabilities, the "
+        "boosting's get 1 - W; the one the --folds run chose",
     )
     add("--out", default="runs/har-cnn", help="output directory (checkpoint)")
     add("--epochs", type=int, help="most epochs (early stopping)")
@@ -172,6 +188,14 @@ def register(groups: dict[str, Any]) -> None:
         type=float,
         help="share for validation",
     )
+    add(
+        "--orders",
+        type=int,
+        default=DEFAULT_ORDERS,
+        metavar="K",
+        help="with --model blend --folds: streams per held-out subject scored as in "
+        "`evaluate har --stream` (file order and K random orders; default: %(default)s)",
+    )
     add("--version", help="version stored in the checkpoint (default: today)")
     add("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=_train)
@@ -244,6 +268,7 @@ def register(groups: dict[str, Any]) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from harstream.models.checkpoint import CheckpointError
     from harstream.models.har.data import DataError
     from harstream.models.har.recipes import RECIPE_KEYS
     from harstream.models.har.training import (
@@ -260,6 +285,8 @@ def _train(args: argparse.Namespace) -> int:
         config = HarTrainConfig.from_recipe(
             args.recipe, data=args.data, columns=args.columns, **given
         )
+        if config.model == "blend":
+            return _blend(args, config)
         if args.folds is not None:
             cv = cross_validate_har(config, args.folds, args.out, progress=not args.no_progress)
             for i, fold in enumerate(cv["folds"], 1):
@@ -278,7 +305,7 @@ def _train(args: argparse.Namespace) -> int:
             _print_report(report, f"baseline on test subjects, report in {args.out}")
             return 0
         meta = train_har(config, args.out, progress=not args.no_progress)
-    except (DataError, ValueError) as exc:
+    except (CheckpointError, DataError, ValueError) as exc:
         log.error("%s", exc)
         return 2
     training = meta["training"]
@@ -295,6 +322,45 @@ def _train(args: argparse.Namespace) -> int:
     if meta["metrics"]["test"] is not None:
         _print_report(
             meta["metrics"]["test"], "test subjects " + ",".join(training["split"]["test"])
+        )
+    return 0
+
+
+def _blend(args: argparse.Namespace, config: Any) -> int:
+    """``train har --model blend``: choose the weight by --folds, or make the blend."""
+    from harstream.models.har.blending import cross_validate_blend, train_blend
+
+    if not args.cnn:
+        raise ValueError("--model blend needs --cnn (a CNN checkpoint, or its --folds folder)")
+    if args.folds is not None:
+        cv = cross_validate_blend(config, args.cnn, args.out, orders=args.orders)
+        for i, fold in enumerate(cv["folds"], 1):
+            acc = fold["accuracy"]
+            print(
+                f"fold {i}: validation {','.join(fold['val'])}: CNN {acc['cnn']:.4f}, "
+                f"boosting {acc['boosting']:.4f}, blend {acc['blend']:.4f} "
+                f"(CNN weight {fold['cnn_weight']:g}, chosen on the other folds)"
+            )
+        for part, fig in cv["models"].items():
+            stream, cal = fig["stream"], fig["calibrated"]
+            print(
+                f"{part:<9} per window {fig['accuracy']:.4f}, stream smoothed "
+                f"{stream['accuracy']:.4f} (median delay {stream['delay_s']['median']} s, "
+                f"missed {100 * stream['missed_changes']:.1f} %), calibrated smoothed "
+                f"{cal['stream_accuracy']:.4f}"
+            )
+        print(
+            f"CNN weight chosen on all folds: {cv['cnn_weight']:g}; "
+            f"report in {Path(args.out) / 'cv.json'}"
+        )
+        return 0
+    if args.blend_weight is None:
+        raise ValueError("--model blend needs --blend-weight (the one its --folds run chose)")
+    meta = train_blend(config, args.cnn, args.blend_weight, args.out)
+    print(f"saved {meta['name']} ({meta['training']['cnn']} + boosting) to {args.out}")
+    if meta["metrics"]["test"] is not None:
+        _print_report(
+            meta["metrics"]["test"], "test subjects " + ",".join(meta["training"]["split"]["test"])
         )
     return 0
 

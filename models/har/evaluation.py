@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from harstream.models.har import network, wearer
+from harstream.models.har import wearer
 from harstream.models.har.training import load_windows
 from harstream.models.har.windows import DEFAULT_HOP, Windows
 
@@ -61,7 +61,7 @@ def evaluate_har(
     """
     import jax
 
-    from harstream.families import default_checkpoint
+    from harstream.families import default_checkpoint, resolve_checkpoint
     from harstream.models import reports, training
     from harstream.models.har import checkpoint
 
@@ -69,12 +69,21 @@ def evaluate_har(
         wearer.check_calibrate_seconds(calibrate_seconds)
     if orders < 0:
         raise ValueError(f"--orders must be >= 0, got {orders}")
-    path = checkpoint_path or default_checkpoint("har")
+    path = resolve_checkpoint(checkpoint_path) if checkpoint_path else default_checkpoint("har")
     model, params, meta = checkpoint.load(path)
     classes = list(meta["classes"])
     dataset = load_windows(data, hop or meta.get("hop", DEFAULT_HOP), columns)
     log.info(dataset.report.summary())
     chosen = _chosen_subjects(dataset.windows, meta, subjects, all_subjects)
+    seen = sorted(set(meta.get("training", {}).get("split", {}).get("train") or []) & set(chosen))
+    if seen:
+        log.warning(
+            "%d of the %d scored subjects were in the model's training data (%s): these "
+            "figures are not of people the model never saw",
+            len(seen),
+            len(chosen),
+            ",".join(seen[:5]) + (",..." if len(seen) > 5 else ""),
+        )
     windows = dataset.windows.of_subjects(chosen)
     known = np.isin(windows.labels, classes)
     if not known.all():
@@ -90,10 +99,7 @@ def evaluate_har(
             unknown,
         )
         windows = windows.select(known)
-    norm = meta["normalization"]
-    forward = jax.jit(
-        network.make_embed_forward(model, np.asarray(norm["mean"]), np.asarray(norm["std"]))
-    )
+    forward = jax.jit(checkpoint.embed_forward(model, meta))
 
     def embed(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return training.predict_batches(forward, params, x, batch_size=512)

@@ -441,6 +441,7 @@ def cross_validate_har(
     The CNN/LSTM or the feature baseline (``config.model == "baseline"``); writes ``cv.json``.
     """
     from harstream.models import reports
+    from harstream.models.har import checkpoint
 
     if config.model != "baseline":
         _check_config(config)
@@ -462,12 +463,33 @@ def cross_validate_har(
             runs.append({"val": group, "val_accuracy": [accuracy]})
             continue
         cfg = HarTrainConfig(**{**asdict(config), "patience": config.epochs + 1})
-        result = _fit_split(cfg, windows, fold, classes, progress).result
+        fitted = _fit_split(cfg, windows, fold, classes, progress)
+        result = fitted.result
+        # the fold's model, its validation subjects recorded as its test subjects, so that
+        # out-of-fold figures (blend weight, streams, calibration) need no retraining
+        fold_meta = {
+            "name": fitted.arch,
+            "version": config.version,
+            "classes": classes,
+            "normalization": fitted.norm,
+            "hop": config.hop,
+            "training": {
+                "config": asdict(cfg),
+                "data": str(config.data),
+                "split": asdict(Split(train=fold.train, val=[], test=group)),
+                "fold": i + 1,
+                "folds": folds,
+            },
+        }
+        checkpoint.save(
+            Path(out) / f"fold-{i + 1}", fitted.arch, fitted.arch_config, fitted.params, fold_meta
+        )
         runs.append(
             {
                 "val": group,
                 "val_accuracy": [h["val_accuracy"] for h in result.history],
                 "seconds_per_epoch": round(result.mean_epoch_seconds, 2),
+                "checkpoint": f"fold-{i + 1}",
             }
         )
     curve = np.mean([r["val_accuracy"] for r in runs], axis=0)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -72,6 +72,34 @@ def subject_seed(seed: int, subject: str) -> int:
     return seed + zlib.crc32(subject.encode())
 
 
+def subject_streams(
+    recordings: Sequence[Recording],
+    subjects: Sequence[str],
+    classes: Sequence[str],
+    *,
+    orders: int = DEFAULT_ORDERS,
+    seed: int = 0,
+) -> Iterator[Stream]:
+    """Each subject's streams: file order first, then ``orders`` random orders.
+
+    A subject is a recording's ``key`` (``subject`` or ``subject/device``), as in windows.
+    """
+    segs = subject_segments([r for r in recordings if r.key in set(subjects)], classes)
+    for subject in subjects:
+        if subject not in segs:
+            log.warning("subject %s has no labelled segment of a window or more", subject)
+            continue
+        for order in stream_orders(len(segs[subject]), orders, subject_seed(seed, subject)):
+            yield build_stream(subject, segs[subject], order, hop=STREAM_HOP)
+
+
+def scored_stream(stream: Stream, probs: np.ndarray, emb: np.ndarray) -> ScoredStream:
+    """``stream`` with its windows' outputs and their smoothing; its samples dropped to keep
+    memory to the outputs."""
+    stream.x = stream.x[:0]
+    return ScoredStream(stream, probs, emb, filter_sequence(probs, SMOOTHER))
+
+
 def score_subject_streams(
     embed: Embed,
     recordings: Sequence[Recording],
@@ -81,21 +109,10 @@ def score_subject_streams(
     orders: int = DEFAULT_ORDERS,
     seed: int = 0,
 ) -> list[ScoredStream]:
-    """Each subject's streams (file order first, then ``orders`` random orders), scored.
-
-    A subject is a recording's ``key`` (``subject`` or ``subject/device``), as in windows.
-    """
-    segs = subject_segments([r for r in recordings if r.key in set(subjects)], classes)
+    """Each subject's streams (:func:`subject_streams`), scored by ``embed``."""
     out = []
-    for subject in subjects:
-        if subject not in segs:
-            log.warning("subject %s has no labelled segment of a window or more", subject)
-            continue
-        for order in stream_orders(len(segs[subject]), orders, subject_seed(seed, subject)):
-            stream = build_stream(subject, segs[subject], order, hop=STREAM_HOP)
-            probs, emb = embed(stream.x)
-            stream.x = stream.x[:0]  # the windows are scored; keep memory to the outputs
-            out.append(ScoredStream(stream, probs, emb, filter_sequence(probs, SMOOTHER)))
+    for stream in subject_streams(recordings, subjects, classes, orders=orders, seed=seed):
+        out.append(scored_stream(stream, *embed(stream.x)))
     if not out:
         raise ValueError("no subject has a labelled segment of a window or more")
     return out

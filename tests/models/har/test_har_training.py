@@ -255,7 +255,7 @@ def test_evaluate_command_errors_are_clear(trained, tmp_path, caplog):
     assert "not a harstream checkpoint" in caplog.text
 
 
-def test_fixed_epochs_without_validation_and_cross_validation(generated, tmp_path, capsys):
+def test_fixed_epochs_without_validation(generated, tmp_path, capsys):
     out = tmp_path / "fixed"
     assert main(["train", "har", "--data", str(generated), "--epochs", "2", "--batch-size", "64",
                  "--out", str(out), "--test-subjects", "1600", "--val-subjects", "none",
@@ -267,10 +267,19 @@ def test_fixed_epochs_without_validation_and_cross_validation(generated, tmp_pat
     assert meta["metrics"]["validation_accuracy"] is None
     assert meta["training"]["config"]["ema"] == 0.9
     assert "no validation" in capsys.readouterr().out
-    cv = tmp_path / "cv"
+
+
+@pytest.fixture(scope="module")
+def cnn_cv(generated, tmp_path_factory) -> Path:
+    cv = tmp_path_factory.mktemp("cv") / "cv"
     assert main(["train", "har", "--data", str(generated), "--epochs", "2", "--batch-size", "64",
                  "--out", str(cv), "--test-subjects", "1600", "--folds", "2",
                  "--no-progress", "--augment", "none", "--lr", "3e-3"]) == 0  # fmt: skip
+    return cv
+
+
+def test_cross_validation(cnn_cv):
+    cv = cnn_cv
     report = json.loads((cv / "cv.json").read_text())
     assert [len(f["val"]) for f in report["folds"]] == [3, 2]
     assert sorted(sum((f["val"] for f in report["folds"]), [])) == [
@@ -280,7 +289,63 @@ def test_fixed_epochs_without_validation_and_cross_validation(generated, tmp_pat
     assert all(len(f["val_accuracy"]) == 2 for f in report["folds"])
     assert len(report["mean_val_accuracy"]) == 2 and 1 <= report["best_mean_epoch"] <= 2
     assert not (cv / "meta.json").exists()
-    assert "mean validation accuracy over 2 folds" in capsys.readouterr().out
+    # each fold's model, its validation subjects as its test subjects: the blend's folds
+    for fold in report["folds"]:
+        meta = json.loads((cv / fold["checkpoint"] / "meta.json").read_text())
+        assert meta["training"]["split"]["test"] == fold["val"]
+        assert "1600" not in meta["training"]["split"]["train"] + fold["val"]
+
+
+def test_blend_cross_validation(cnn_cv, generated, tmp_path, capsys):
+    cnn_folds = [fold["val"] for fold in json.loads((cnn_cv / "cv.json").read_text())["folds"]]
+    blend_cv = tmp_path / "blend-cv"
+    assert main(["train", "har", "--data", str(generated), "--model", "blend", "--cnn",
+                 str(cnn_cv), "--folds", "2", "--orders", "1",
+                 "--out", str(blend_cv)]) == 0  # fmt: skip
+    report = json.loads((blend_cv / "cv.json").read_text())
+    assert report["cnn_weight"] in report["weight_grid"]
+    assert [f["val"] for f in report["folds"]] == cnn_folds
+    for part in ("cnn", "boosting", "blend"):
+        figures = report["models"][part]
+        assert figures["windows"] > 0 and 0 <= figures["accuracy"] <= 1
+        assert {"accuracy", "delay_s", "missed_changes"} <= set(figures["stream"])
+        assert {"accuracy", "stream_accuracy", "plain_accuracy"} <= set(figures["calibrated"])
+    # a fold's blend scores its held-out subjects as the report says
+    fold = report["folds"][0]
+    out = tmp_path / "fold.json"
+    assert main(["evaluate", "har", "--data", str(generated), "--model",
+                 str(blend_cv / "fold-1"), "--json", str(out)]) == 0  # fmt: skip
+    assert json.loads(out.read_text())["accuracy"] == pytest.approx(fold["accuracy"]["blend"])
+    assert "CNN weight chosen on all folds" in capsys.readouterr().out
+
+
+def test_blend_of_a_trained_cnn(trained, generated, tmp_path, capsys, caplog):
+    out = tmp_path / "har-blend"
+    assert main(["train", "har", "--data", str(generated), "--model", "blend",
+                 "--out", str(out)]) == 2  # fmt: skip
+    assert "needs --cnn" in caplog.text
+    assert main(["train", "har", "--data", str(generated), "--model", "blend", "--cnn",
+                 str(trained), "--out", str(out)]) == 2  # fmt: skip
+    assert "needs --blend-weight" in caplog.text
+    assert main(["train", "har", "--data", str(generated), "--model", "blend", "--cnn",
+                 str(trained), "--blend-weight", "0.7", "--out", str(out),
+                 "--version", "test"]) == 0  # fmt: skip
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["name"] == "har-blend" and meta["arch_config"]["cnn_weight"] == 0.7
+    assert meta["training"]["split"]["test"] == ["1600"] and meta["training"]["cnn"] == (
+        "har-cnn@test"
+    )
+    assert {"test", "test_cnn", "test_boosting"} <= set(meta["metrics"])
+    assert "saved har-blend" in capsys.readouterr().out
+    assert main(["train", "har", "--data", str(generated), "--model", "blend", "--cnn",
+                 str(out), "--blend-weight", "0.7", "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert "a blend already" in caplog.text
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "har", "--data", str(generated), "--model", str(out),
+                 "--stream", "--orders", "1", "--json", str(report)]) == 0  # fmt: skip
+    scored = json.loads(report.read_text())
+    assert scored["accuracy"] == pytest.approx(meta["metrics"]["test"]["accuracy"])
+    assert "stream" in scored
 
 
 def test_real_data_smoke(shared_data, tmp_path):
