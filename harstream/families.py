@@ -83,7 +83,7 @@ FAMILIES: list[Family] = [
         "har",
         "activity from 80-sample accelerometer windows",
         "model",
-        "har-cnn",
+        "har-blend",
         har_cli,
         har_stream.build,
         _load_har,

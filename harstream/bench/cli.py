@@ -14,7 +14,7 @@ from typing import Any
 
 from harstream.extras import require
 
-FAMILY_CHOICES = ("har-cnn", "har-lstm", "text", "series", "all")
+FAMILY_CHOICES = ("har-blend", "har-cnn", "har-lstm", "text", "series", "all")
 
 
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:

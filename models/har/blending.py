@@ -14,6 +14,7 @@ weight chosen on the *other* folds only, so choosing the weight does not flatter
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -142,9 +143,13 @@ def train_blend(
             report["windows"] = len(test)
             metrics["test" if part == "blend" else f"test_{part}"] = report
     training_info = {"data": str(config.data), "boosting_seed": config.seed}
-    return _save(
+    meta = _save(
         Path(out), cnn_meta, cnn_params, boost, weight, config.version, training_info, metrics
     )
+    curves = Path(cnn_path) / "curves.png"
+    if curves.is_file():  # the blend's only trained-by-epochs part is its CNN
+        shutil.copyfile(curves, Path(out) / "curves.png")
+    return meta
 
 
 def _fold_dirs(cnn_cv: Path) -> list[Path]:

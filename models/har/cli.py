@@ -49,7 +49,8 @@ def register(groups: dict[str, Any]) -> None:
     shipped = load_recipe(SHIPPED_RECIPE)
     train = groups["train"].add_parser(
         "har",
-        help="train the HAR CNN or LSTM (or the feature baseline) on accelerometer recordings",
+        help="train the HAR CNN or LSTM (or the feature baseline, or blend a CNN with it) on "
+        "accelerometer recordings",
         description="Split subjects into train / validation / test, standardize axes on the "
         "training subjects, train with AdamW, orientation augmentation and early stopping on "
         "validation accuracy (or, with --val-subjects none, a fixed number of epochs on train "
@@ -205,13 +206,19 @@ def register(groups: dict[str, Any]) -> None:
         help="evaluate a HAR checkpoint on labelled accelerometer recordings",
         description="Accuracy, macro-F1, per-class precision/recall/F1 and the confusion "
         "matrix of a HAR model (the shipped one unless --model is given). By default only the "
-        "checkpoint's held-out test subjects are scored when the data contains them.",
+        "checkpoint's held-out test subjects are scored when the data contains them, else "
+        "every subject (with a warning for those the model was trained on).",
     )
     evaluate.add_argument("--data", required=True, help=DATA_HELP)
     evaluate.add_argument(
         "--columns", type=columns_argument, metavar="FIELD=COLUMN,...", help=COLUMNS_HELP
     )
-    evaluate.add_argument("--model", help="checkpoint directory (default: the shipped har-cnn)")
+    evaluate.add_argument(
+        "--model",
+        metavar="PATH|NAME",
+        help="checkpoint directory, or the name of a shipped model: har-blend (the "
+        "default), har-cnn, har-lstm",
+    )
     evaluate.add_argument("--json", metavar="OUT", help="write the report as JSON")
     evaluate.add_argument(
         "--png",
@@ -342,12 +349,12 @@ def _blend(args: argparse.Namespace, config: Any) -> int:
                 f"(CNN weight {fold['cnn_weight']:g}, chosen on the other folds)"
             )
         for part, fig in cv["models"].items():
-            stream, cal = fig["stream"], fig["calibrated"]
+            stream, calibrated = fig["stream"]["accuracy"], fig["calibrated"]["stream_accuracy"]
             print(
-                f"{part:<9} per window {fig['accuracy']:.4f}, stream smoothed "
-                f"{stream['accuracy']:.4f} (median delay {stream['delay_s']['median']} s, "
-                f"missed {100 * stream['missed_changes']:.1f} %), calibrated smoothed "
-                f"{cal['stream_accuracy']:.4f}"
+                f"{part:<9} per window {fig['accuracy']:.4f}, stream smoothed {stream:.4f} "
+                f"(median delay {fig['stream']['delay_s']['median']} s, missed "
+                f"{100 * fig['stream']['missed_changes']:.1f} %), 20 s of labels, smoothed "
+                + ("n/a (no activity of 40 s)" if calibrated is None else f"{calibrated:.4f}")
             )
         print(
             f"CNN weight chosen on all folds: {cv['cnn_weight']:g}; "
