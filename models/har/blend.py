@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from harstream.models.har import network
+from harstream.models.predictor import StepForwards
 
 ARCH = "har-blend"
 PERCENTILES = (10, 25, 50, 75, 90)
@@ -208,6 +209,32 @@ def make_forward(blend: HarBlend, mean: np.ndarray, std: np.ndarray):
         return weight * probs + (1.0 - weight) * boosted, emb
 
     return forward
+
+
+def make_step_forwards(
+    blend: HarBlend, mean: np.ndarray, std: np.ndarray, hop: int
+) -> StepForwards | None:
+    """:func:`make_forward` computed incrementally over a device's consecutive windows
+    ``hop`` samples apart: the CNN part steps (:func:`network.make_step_forwards`, same
+    state), the features and trees take each window whole (they reuse nothing). None
+    where the CNN does not step."""
+    cnn = network.make_step_forwards(blend.cnn_module(), mean, std, hop)
+    if cnn is None:
+        return None
+    weight = blend.cnn_weight
+
+    def mixed(params: Any, x: jax.Array, outputs: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        probs, emb, state = outputs
+        boosted = boost_probabilities(params["boost"], window_features(x), blend.depth)
+        return weight * probs + (1.0 - weight) * boosted, emb, state
+
+    def full(params: Any, x: jax.Array) -> tuple[jax.Array, ...]:
+        return mixed(params, x, cnn.full(params["cnn"], x))
+
+    def step(params: Any, x: jax.Array, state: jax.Array) -> tuple[jax.Array, ...]:
+        return mixed(params, x, cnn.step(params["cnn"], x, state))
+
+    return StepForwards(full, step, cnn.state_shape)
 
 
 def make_parts_forward(blend: HarBlend, mean: np.ndarray, std: np.ndarray):

@@ -11,7 +11,7 @@ import numpy as np
 from harstream.models import checkpoint
 from harstream.models.har import blend, network
 from harstream.models.har.windows import AXES, RATE_HZ, WINDOW
-from harstream.models.predictor import Predictor
+from harstream.models.predictor import Predictor, StepForwards
 
 
 def save(
@@ -51,15 +51,20 @@ def embed_forward(model: Any, meta: dict[str, Any]) -> Any:
     return network.make_embed_forward(model, mean, std)
 
 
+def step_forwards(model: Any, meta: dict[str, Any], hop: int) -> StepForwards | None:
+    """The incremental forwards of :func:`embed_forward` at ``hop``, or None (the LSTM's)."""
+    mean, std = (np.asarray(meta["normalization"][k]) for k in ("mean", "std"))
+    if isinstance(model, blend.HarBlend):
+        return blend.make_step_forwards(model, mean, std, hop)
+    return network.make_step_forwards(model, mean, std, hop)
+
+
 def predictor_from_checkpoint(path: Path, max_batch: int = 256) -> Predictor:
     """A compiled HAR predictor: (n, 80, 3) or (n, 240) m/s^2 in, class probabilities out
     (``predict``), with the embeddings too (``predict_outputs``: probabilities, then the
     input of the CNN's final Dense layer), from the same compiled call. ``stepper(hop)``
-    gives the CNN's incremental programs (:func:`network.make_step_forwards`); a blend
-    has none and runs every window in full."""
+    gives the incremental programs of the CNN, alone or in a blend (:func:`step_forwards`)."""
     model, params, meta = load(path)
-    norm = meta["normalization"]
-    mean, std = np.asarray(norm["mean"]), np.asarray(norm["std"])
     return Predictor(
         embed_forward(model, meta),
         params,
@@ -70,5 +75,5 @@ def predictor_from_checkpoint(path: Path, max_batch: int = 256) -> Predictor:
         labels=meta["classes"],
         max_batch=max_batch,
         meta=meta,
-        steps=lambda hop: network.make_step_forwards(model, mean, std, hop),
+        steps=lambda hop: step_forwards(model, meta, hop),
     )

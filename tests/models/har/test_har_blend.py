@@ -159,3 +159,22 @@ def test_shipped_models_are_selectable_by_name():
     assert resolve_checkpoint("no-such-model") == Path("no-such-model")
     (har,) = [f for f in FAMILIES if f.name == "har"]
     assert resolve_checkpoint(har.shipped) == WEIGHTS_DIR / har.shipped
+
+
+@pytest.mark.parametrize("hop", [20, 40])
+def test_the_blend_steps_its_cnn_and_equals_itself_in_full(har_blend_predictor, hop):
+    """Served incrementally, the blend's CNN part reuses the previous window's state and
+    its trees take the whole window: the same outputs as in full."""
+    stepper = har_blend_predictor.stepper(hop)
+    assert stepper is not None and stepper.state_shape == (62 - hop, 100)
+    rng = np.random.default_rng(hop)
+    stream = rng.normal(0.0, 4.0, (3, 80 + 4 * hop, 3)).astype(np.float32)
+    windows = [stream[:, k * hop : k * hop + 80] for k in range(5)]
+    probs, _, state = stepper.full(windows[0])
+    np.testing.assert_allclose(probs, har_blend_predictor.predict(windows[0]), atol=1e-5)
+    for x in windows[1:]:
+        probs, emb, state = stepper.step(x, state)
+        ref_probs, ref_emb = har_blend_predictor.predict_outputs(x)
+        np.testing.assert_allclose(probs, ref_probs, atol=1e-5)
+        np.testing.assert_allclose(emb, ref_emb, rtol=1e-4, atol=1e-4 * np.abs(ref_emb).max())
+    assert har_blend_predictor.stepper(80) is None
