@@ -101,6 +101,7 @@ class Feed:
         return self
 
     def stop(self) -> None:
+        self.connected.clear()  # a disconnect asked for is not a lost broker
         self._client.disconnect()
         self._client.loop_stop()
 
