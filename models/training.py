@@ -61,6 +61,17 @@ class FitResult:
         times = self.epoch_seconds[1:] or self.epoch_seconds
         return float(np.mean(times)) if times else 0.0
 
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint's ``meta.json`` keeps of the run (its ``training`` section)."""
+        return {
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "seconds_per_epoch": round(self.mean_epoch_seconds, 2),
+            "history": self.history,
+            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
 
 def classifier_loss(model: Any, label_smoothing: float = 0.0) -> LossFn:
     """Softmax cross-entropy (optionally label-smoothed) of a Linen classifier.

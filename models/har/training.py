@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -397,12 +396,7 @@ def train_har(config: HarTrainConfig, out: str | Path, *, progress: bool = True)
             "data": str(config.data),
             "split": asdict(split),
             "windows": {k: len(v) for k, v in parts.items()},
-            "epochs_run": result.epochs_run,
-            "best_epoch": result.best_epoch,
-            "stopped_early": result.stopped_early,
-            "seconds_per_epoch": round(result.mean_epoch_seconds, 2),
-            "history": result.history,
-            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **result.record(),
         },
         "metrics": {
             "validation_accuracy": result.best_value if split.val else None,

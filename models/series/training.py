@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,11 +162,7 @@ def train_forecaster(
             "config": asdict(config),
             "data": config.data or "synthetic (models.series.data.synthetic_series)",
             "windows": {k: len(v[1]) for k, v in parts.items()},
-            "epochs_run": result.epochs_run,
-            "best_epoch": result.best_epoch,
-            "seconds_per_epoch": round(result.mean_epoch_seconds, 2),
-            "history": result.history,
-            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **result.record(),
         },
         "metrics": {"validation_loss_normalized": result.best_value, "test": test},
     }

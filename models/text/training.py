@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -204,12 +203,7 @@ def train_text(
                 "messages": {k: len(getattr(split, k)) for k in ("train", "val", "test")},
             },
             "pretrained_vectors_found": found,
-            "epochs_run": result.epochs_run,
-            "best_epoch": result.best_epoch,
-            "stopped_early": result.stopped_early,
-            "seconds_per_epoch": round(result.mean_epoch_seconds, 2),
-            "history": result.history,
-            "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **result.record(),
         },
         "metrics": {"validation_loss": result.best_value, "test": test_report, "baselines": base},
     }
