@@ -251,9 +251,10 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "incremental",
         "bool",
         True,
-        "HAR CNN: compute a device's window from the previous window's convolutions and the "
-        "--hop new samples when it continues that window (same answers, about half the "
-        "arithmetic at hop 20; every other window, and other models, in full)",
+        "HAR CNN (also the blend's CNN): compute a device's window from the previous "
+        "window's convolutions and the --hop new samples when it continues that window "
+        "(same answers, about half the CNN's arithmetic at hop 20; every other window, and "
+        "the LSTM, in full)",
     ),
     Option("max_batch", "int", 128, "largest inference batch (power-of-two buckets)", "N"),
     Option(
